@@ -1,0 +1,96 @@
+# /// script
+# requires-python = ">=3.9"
+# dependencies = ["pyzmq>=26"]
+# ///
+"""Publish-subscribe, the subscriber: a SUB socket that prints the messages it subscribed to.
+
+It connects to tcp://127.0.0.1:5556, subscribes to messages starting with TIME, prints the next 5
+(--count) and exits with code 0. Messages published before it connected are not replayed: a
+subscriber sees only what is sent while it listens. With --timeout, a wait longer than that for
+any one message ends it with exit code 1.
+
+Start the publisher in another terminal (in either order: the subscriber keeps trying to connect):
+
+    uv run server_broadcast.py
+    uv run client_broadcast.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+import zmq
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description="Publish-subscribe subscriber: print the messages that start with a topic."
+    )
+    parser.add_argument(
+        "--connect",
+        default=DEFAULT_ENDPOINT,
+        metavar="ENDPOINT",
+        help=f"publisher endpoint, tcp:// or ipc:// (default: {DEFAULT_ENDPOINT})",
+    )
+    parser.add_argument(
+        "--topic",
+        default="TIME",
+        help="receive only messages that start with this prefix; '' receives all (default: TIME)",
+    )
+    parser.add_argument(
+        "--count", type=int, default=5, metavar="N", help="messages to print (default: 5)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="give up if no message arrives for this long (default: wait for ever)",
+    )
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    context = zmq.Context()
+    subscriber = context.socket(zmq.SUB)
+    # A SUB socket sends nothing the user asked for, so there is nothing to wait for at exit.
+    subscriber.setsockopt(zmq.LINGER, 0)
+    if args.timeout is not None:
+        subscriber.setsockopt(zmq.RCVTIMEO, int(args.timeout * 1000))
+    try:
+        subscriber.connect(args.connect)
+    except zmq.ZMQError as error:
+        print(f"Cannot connect to {args.connect}: {error}", file=sys.stderr)
+        context.destroy(linger=0)
+        return 1
+    # Without a subscription a SUB socket receives nothing at all.
+    subscriber.setsockopt_string(zmq.SUBSCRIBE, args.topic)
+
+    print(f"Waiting for {args.count} messages starting with {args.topic!r} from {args.connect}.")
+    try:
+        for _ in range(args.count):
+            try:
+                frames = subscriber.recv_multipart()
+            except zmq.Again:
+                print(
+                    f"No message from {args.connect} within {args.timeout:g} s. "
+                    "Is the publisher running? Start it with: uv run server_broadcast.py",
+                    file=sys.stderr,
+                )
+                return 1
+            # Publishers may send any bytes: show what is not UTF-8 instead of crashing on it.
+            print(" ".join(frame.decode("utf-8", errors="backslashreplace") for frame in frames))
+        return 0
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    finally:
+        subscriber.close()
+        context.term()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+# /// script
+# requires-python = ">=3.9"
+# dependencies = ["pyzmq>=26"]
+# ///
+"""Publish-subscribe, the publisher: a PUB socket that broadcasts the time.
+
+It binds tcp://127.0.0.1:5556 and every --interval seconds (5, as in the post) publishes one
+message, "TIME" followed by time.asctime(), to every subscriber connected at that moment. Nobody
+listening? The message is dropped: that is how PUB works. --count stops after N messages (exit 0);
+Ctrl-C or SIGTERM stop it with exit code 130.
+
+Run it, then one or more subscribers in other terminals:
+
+    uv run server_broadcast.py
+    uv run client_broadcast.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+
+import zmq
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description="Publish-subscribe publisher: broadcast 'TIME' + the current time.",
+        epilog="Other machines cannot reach the default endpoint; pass --bind tcp://*:5556 to "
+        "listen on every interface.",
+    )
+    parser.add_argument(
+        "--bind",
+        default=DEFAULT_ENDPOINT,
+        metavar="ENDPOINT",
+        help=f"ZeroMQ endpoint to bind, tcp:// or ipc:// (default: {DEFAULT_ENDPOINT})",
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="pause between messages; 0 publishes as fast as possible (default: 5)",
+    )
+    parser.add_argument(
+        "--count",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after N messages (default: publish until stopped)",
+    )
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    context = zmq.Context()
+    publisher = context.socket(zmq.PUB)
+    # At exit, give queued messages one second to leave, then drop them: never hang on a slow peer.
+    publisher.setsockopt(zmq.LINGER, 1000)
+    try:
+        publisher.bind(args.bind)
+    except zmq.ZMQError as error:
+        print(f"Cannot bind {args.bind}: {error}", file=sys.stderr)
+        context.destroy(linger=0)
+        return 1
+
+    print(f"Publishing on {args.bind} every {args.interval:g} s (Ctrl-C to stop).")
+    try:
+        sent = 0
+        next_send = time.monotonic()
+        while args.count is None or sent < args.count:
+            if args.interval > 0:
+                # Sleep to a schedule, not a fixed pause, so the rate holds whatever a send costs.
+                next_send += args.interval
+                time.sleep(max(0.0, next_send - time.monotonic()))
+            message = "TIME" + time.asctime()
+            publisher.send_string(message)
+            print(f"Sent {message}")
+            sent += 1
+        return 0
+    except KeyboardInterrupt:
+        print("Interrupted: shutting down.", file=sys.stderr)
+        return 130
+    finally:
+        publisher.close()
+        context.term()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Start the scripts as a user would, wait on what they print, and always stop them."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+POST_PEERS = Path(__file__).resolve().parent / "post_peers"
+# Generous: a loaded CI machine may be slow, but a wait that runs out means a real failure.
+WAIT = 20.0
+
+
+def _restore_default_sigint() -> None:
+    # A shell without job control starts background jobs with SIGINT ignored, and children inherit
+    # that: a script started so would never see Ctrl-C. Give it back the default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class Process:
+    """A running script whose stdout and stderr are collected line by line as they come."""
+
+    def __init__(self, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
+        self.argv = list(argv)
+        self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._read_up_to = {"stdout": 0, "stderr": 0}
+        self._changed = threading.Condition()
+        self.popen = subprocess.Popen(
+            self.argv,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="backslashreplace",
+            start_new_session=True,
+            preexec_fn=_restore_default_sigint,
+        )
+        self._readers = [
+            threading.Thread(target=self._read, args=(name, stream), daemon=True)
+            for name, stream in (("stdout", self.popen.stdout), ("stderr", self.popen.stderr))
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, name: str, stream: object) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            with self._changed:
+                self.lines[name].append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def stdout(self) -> str:
+        return "\n".join(self.lines["stdout"])
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.lines["stderr"])
+
+    def describe(self) -> str:
+        return (
+            f"{' '.join(self.argv)}\n--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
+        )
+
+    def expect(self, pattern: str, stream: str = "stdout", timeout: float = WAIT) -> re.Match[str]:
+        """Wait for the next line matching `pattern`, past the lines earlier calls consumed."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                lines = self.lines[stream]
+                for index in range(self._read_up_to[stream], len(lines)):
+                    match = regex.search(lines[index])
+                    if match:
+                        self._read_up_to[stream] = index + 1
+                        return match
+                self._read_up_to[stream] = len(lines)
+                finished = self.popen.poll() is not None and not any(
+                    reader.is_alive() for reader in self._readers
+                )
+                remaining = deadline - time.monotonic()
+                if finished or remaining <= 0:
+                    why = "exited" if finished else f"did not print it within {timeout:g} s"
+                    raise AssertionError(
+                        f"expected {pattern!r} on {stream}, but it {why}:\n{self.describe()}"
+                    )
+                self._changed.wait(min(remaining, 0.2))
+
+    def wait(self, timeout: float = WAIT) -> int:
+        """Wait for the process to exit and for all its output to be read; return its code."""
+        try:
+            code = self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running after {timeout:g} s:\n{self.describe()}") from None
+        for reader in self._readers:
+            reader.join(timeout)
+        return code
+
+    def signal(self, signum: int) -> None:
+        self.popen.send_signal(signum)
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait()
+        for reader in self._readers:
+            reader.join()
+
+
+class Launcher:
+    """Starts scripts for one test and kills whatever is still running when the test ends."""
+
+    def __init__(self) -> None:
+        self.processes: list[Process] = []
+
+    def start(self, argv: Sequence[str], env: dict[str, str] | None = None) -> Process:
+        process = Process(argv, env)
+        self.processes.append(process)
+        return process
+
+    def script(self, name: str, *args: str, prefix: Sequence[str] = ()) -> Process:
+        """Run one of the repository's six scripts, as `python SCRIPT ARGS`."""
+        return self.start([*prefix, sys.executable, str(ROOT / name), *args])
+
+    def post_peer(self, name: str, *args: str) -> Process:
+        """Run one of the post's snippets (tests/post_peers): they take the endpoint in argv."""
+        return self.start([sys.executable, str(POST_PEERS / name), *args])
+
+    def python(self, code: str, *args: str) -> Process:
+        """Run a few lines of bare pyzmq as a peer: a hostile client, a bare baseline."""
+        return self.start([sys.executable, "-c", code, *args])
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            process.kill()
+
+
+@pytest.fixture
+def launch() -> Iterator[Launcher]:
+    launcher = Launcher()
+    try:
+        yield launcher
+    finally:
+        launcher.stop_all()
+
+
+class Endpoints:
+    """Fresh endpoints for one test, so that runs in parallel never collide."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def ipc(self, name: str) -> str:
+        return f"ipc://{self.folder / name}"
+
+    def tcp_port(self) -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+            return port
+
+    def tcp(self) -> str:
+        return f"tcp://127.0.0.1:{self.tcp_port()}"
+
+
+@pytest.fixture
+def endpoints() -> Iterator[Endpoints]:
+    # ipc paths must stay short (about 100 bytes), so not under pytest's long tmp_path.
+    folder = Path(tempfile.mkdtemp(prefix="zmq-"))
+    try:
+        yield Endpoints(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

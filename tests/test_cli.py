@@ -1,0 +1,78 @@
+"""What a reader meets first: --help, the docstrings, and a script copied alone."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, WAIT, Launcher
+
+PARTNERS = {
+    "server_req_repl.py": "client_req_repl.py",
+    "client_req_repl.py": "server_req_repl.py",
+    "server_broadcast.py": "client_broadcast.py",
+    "client_broadcast.py": "server_broadcast.py",
+    "server_pipeline.py": "client_pipeline.py",
+    "client_pipeline.py": "server_pipeline.py",
+}
+DEFAULT_ENDPOINTS = {
+    "server_req_repl.py": ["tcp://127.0.0.1:5555"],
+    "client_req_repl.py": ["tcp://127.0.0.1:5555"],
+    "server_broadcast.py": ["tcp://127.0.0.1:5556"],
+    "client_broadcast.py": ["tcp://127.0.0.1:5556"],
+    "server_pipeline.py": ["tcp://127.0.0.1:5557", "tcp://127.0.0.1:5558"],
+    "client_pipeline.py": ["tcp://127.0.0.1:5557", "tcp://127.0.0.1:5558"],
+}
+
+
+@pytest.mark.parametrize("script", sorted(PARTNERS))
+def test_help_names_the_default_endpoints(launch: Launcher, script: str) -> None:
+    process = launch.script(script, "--help")
+
+    assert process.wait() == 0, process.describe()
+    process.expect(r"^usage: ")
+    help_text = " ".join(process.stdout.split())
+    for endpoint in DEFAULT_ENDPOINTS[script]:
+        assert endpoint in help_text
+
+
+@pytest.mark.parametrize("script", sorted(PARTNERS))
+def test_docstring_says_how_to_run_the_partner(script: str) -> None:
+    docstring = ast.get_docstring(ast.parse((ROOT / script).read_text()))
+    assert docstring is not None
+    assert f"uv run {PARTNERS[script]}" in docstring
+    for endpoint in DEFAULT_ENDPOINTS[script]:
+        assert endpoint in docstring
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="needs sys.stdlib_module_names")
+@pytest.mark.parametrize("script", sorted(PARTNERS))
+def test_scripts_import_only_the_standard_library_and_zmq(script: str) -> None:
+    tree = ast.parse((ROOT / script).read_text())
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert imported - {"zmq", "__future__"} <= sys.stdlib_module_names
+
+
+@pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not installed")
+def test_a_script_copied_alone_runs_with_uv_run(tmp_path: Path) -> None:
+    # The inline metadata (PEP 723) brings pyzmq with it, outside this project.
+    for script in PARTNERS:
+        shutil.copy(ROOT / script, tmp_path / script)
+        result = subprocess.run(
+            ["uv", "run", "--quiet", script, "--help"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=WAIT * 3,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("usage: "), result.stdout
