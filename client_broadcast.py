@@ -69,8 +69,10 @@ def main() -> int:
     # Without a subscription a SUB socket receives nothing at all.
     subscriber.setsockopt_string(zmq.SUBSCRIBE, args.topic)
 
-    print(f"Waiting for {args.count} messages starting with {args.topic!r} from {args.connect}.")
     try:
+        print(
+            f"Waiting for {args.count} messages starting with {args.topic!r} from {args.connect}."
+        )
         for _ in range(args.count):
             try:
                 frames = subscriber.recv_multipart()

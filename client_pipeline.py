@@ -97,9 +97,9 @@ def main() -> int:
             context.destroy(linger=0)
             return 1
 
-    print(f"Worker {worker_name}: tasks from {args.connect}, results to {args.results}.")
-    print("Waiting for tasks (Ctrl-C to stop).")
     try:
+        print(f"Worker {worker_name}: tasks from {args.connect}, results to {args.results}.")
+        print("Waiting for tasks (Ctrl-C to stop).")
         while True:
             frames = receiver.recv_multipart()
             try:

@@ -67,8 +67,8 @@ def main() -> int:
         context.destroy(linger=0)
         return 1
 
-    print(f"Publishing on {args.bind} every {args.interval:g} s (Ctrl-C to stop).")
     try:
+        print(f"Publishing on {args.bind} every {args.interval:g} s (Ctrl-C to stop).")
         sent = 0
         next_send = time.monotonic()
         while args.count is None or sent < args.count:

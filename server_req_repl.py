@@ -44,8 +44,9 @@ def main() -> int:
 
     context = zmq.Context()
     responder = context.socket(zmq.REP)
-    # At exit, give a pending reply one second to leave, then drop it: never hang on a dead client.
-    responder.setsockopt(zmq.LINGER, 1000)
+    # At exit, a live client takes its reply within milliseconds; one that has gone (the post's
+    # client never reads the reply to STOP) must not hold the exit up for longer than this.
+    responder.setsockopt(zmq.LINGER, 200)
     # Anyone who can connect can send; libzmq disconnects a peer whose message is over the cap.
     responder.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     try:
@@ -55,8 +56,8 @@ def main() -> int:
         context.destroy(linger=0)
         return 1
 
-    print(f"Request-reply server on {args.bind}. Waiting for requests (Ctrl-C to stop).")
     try:
+        print(f"Request-reply server on {args.bind}. Waiting for requests (Ctrl-C to stop).")
         while True:
             frames = responder.recv_multipart()
             if len(frames) != 1:
