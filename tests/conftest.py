@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 ROOT = Path(__file__).resolve().parent.parent
 POST_PEERS = Path(__file__).resolve().parent / "post_peers"
@@ -186,3 +188,30 @@ def endpoints() -> Iterator[Endpoints]:
         yield Endpoints(folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    """A ZeroMQ context for the test's own bare sockets, destroyed without lingering."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        yield context
+    finally:
+        context.destroy(linger=0)
+
+
+def receive(socket: zmq.Socket[bytes], timeout: float = WAIT) -> list[bytes]:
+    """The next message on a bare socket, or a failure once `timeout` seconds have passed."""
+    if not socket.poll(int(timeout * 1000)):
+        raise AssertionError(f"no message within {timeout:g} s")
+    return socket.recv_multipart()
+
+
+def wait_for_event(monitor: zmq.Socket[bytes], event: int, timeout: float = WAIT) -> None:
+    """Wait until a socket monitor reports `event`, skipping the others."""
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        arrived = monitor.poll(int(remaining * 1000))
+        if arrived and recv_monitor_message(monitor)["event"] == event:
+            return
+    raise AssertionError(f"no {zmq.Event(event).name} event within {timeout:g} s")

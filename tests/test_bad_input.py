@@ -1,0 +1,235 @@
+"""Bad input: one line on stderr naming what was wrong, then the next valid message is handled."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from conftest import WAIT, Endpoints, Launcher, Process, receive, wait_for_event
+
+Context = zmq.Context[zmq.Socket[bytes]]
+
+
+class RunsACommand:
+    """Unpickling this calls os.system: what a hostile peer sends to a plain pickle.loads."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (self.command,))
+
+
+def bad_messages(marker: Path) -> dict[str, list[bytes]]:
+    """Messages a pipeline socket must refuse, by what is wrong with each; `marker` must not
+    exist afterwards."""
+    valid = pickle.dumps(("peer", 5))
+    return {
+        "not a pickle": [b"hello, not a pickle"],
+        "empty": [b""],
+        "truncated pickle": [valid[:-3]],
+        "calls os.system": [pickle.dumps(RunsACommand(f"touch {marker}"))],
+        "calls a global": [pickle.dumps(("peer", Path("/etc")))],
+        "a list": [pickle.dumps(["peer", 5])],
+        "a 3-tuple": [pickle.dumps(("peer", 5, 6))],
+        "a negative workload": [pickle.dumps(("peer", -5))],
+        "a huge workload": [pickle.dumps(("peer", 10**9))],
+        "a float workload": [pickle.dumps(("peer", 5.5))],
+        "a bool workload": [pickle.dumps(("peer", True))],
+        "a name that is not a string": [pickle.dumps((42, 5))],
+        "multipart": [valid, valid],
+    }
+
+
+def expect_one_line_each(process: Process, prefix: str, count: int) -> None:
+    for _ in range(count):
+        process.expect(f"^{prefix}", stream="stderr")
+    assert len(process.lines["stderr"]) == count, process.describe()
+    assert "Traceback" not in process.stderr
+
+
+def test_worker_refuses_bad_tasks_and_handles_the_next_valid_one(
+    launch: Launcher, endpoints: Endpoints, context: Context, tmp_path: Path
+) -> None:
+    tasks = context.socket(zmq.PUSH)
+    tasks.setsockopt(zmq.SNDTIMEO, int(WAIT * 1000))
+    tasks.bind(endpoints.ipc("tasks"))
+    results = context.socket(zmq.PULL)
+    results.bind(endpoints.ipc("results"))
+    worker = launch.script(
+        "client_pipeline.py",
+        "w",
+        "--connect",
+        endpoints.ipc("tasks"),
+        "--results",
+        endpoints.ipc("results"),
+    )
+    worker.expect("^Waiting for tasks")
+    marker = tmp_path / "pwned"
+    bad = bad_messages(marker)
+
+    for frames in bad.values():
+        tasks.send_multipart(frames)
+    tasks.send(pickle.dumps(("bare", 3)))
+
+    assert pickle.loads(receive(results)[0]) == ("w", 3)
+    worker.expect(r"^Task from bare: 3 ms$")
+    expect_one_line_each(worker, "Ignored a task: ", len(bad))
+    assert not marker.exists()
+    assert worker.popen.poll() is None
+
+
+def test_sink_refuses_bad_results_and_counts_the_next_valid_one(
+    launch: Launcher, endpoints: Endpoints, context: Context, tmp_path: Path
+) -> None:
+    ventilator = launch.script(
+        "server_pipeline.py",
+        "--bind",
+        endpoints.ipc("tasks"),
+        "--results",
+        endpoints.ipc("results"),
+        "--workers",
+        "1",
+        "--tasks",
+        "1",
+    )
+    ventilator.expect("^Waiting for 1 workers")
+    # The test is the worker: it takes the one task and answers with garbage first.
+    tasks = context.socket(zmq.PULL)
+    tasks.connect(endpoints.ipc("tasks"))
+    _, workload = pickle.loads(receive(tasks)[0])
+    results = context.socket(zmq.PUSH)
+    results.connect(endpoints.ipc("results"))
+    marker = tmp_path / "pwned"
+    bad = bad_messages(marker)
+
+    for frames in bad.values():
+        results.send_multipart(frames)
+    results.send(pickle.dumps(("tester", workload)))
+
+    assert ventilator.wait() == 0, ventilator.describe()
+    ventilator.expect(r"^Result 1/1 from tester: ")
+    ventilator.expect(r"^  tester: 1 tasks$")
+    expect_one_line_each(ventilator, "Ignored a result: ", len(bad))
+    assert not marker.exists()
+
+
+def test_reply_server_disconnects_an_oversized_request_and_serves_the_others(
+    launch: Launcher, endpoints: Endpoints, context: Context
+) -> None:
+    endpoint = endpoints.ipc("reqrep")
+    server = launch.script("server_req_repl.py", "--bind", endpoint)
+    server.expect("^Request-reply server on ")
+    well_behaved = context.socket(zmq.REQ)
+    well_behaved.connect(endpoint)
+    greedy = context.socket(zmq.REQ)
+    greedy_monitor = greedy.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    greedy.connect(endpoint)
+
+    greedy.send(b"x" * 100_000)
+    wait_for_event(greedy_monitor, zmq.EVENT_DISCONNECTED)
+    well_behaved.send(b"small")
+
+    assert receive(well_behaved) == [b"small*"]
+    server.expect(r"^Received b'small'$")
+    assert "xxxx" not in server.stdout
+    assert greedy.poll(0) == 0
+
+
+def test_sink_disconnects_an_oversized_result_and_takes_the_others(
+    launch: Launcher, endpoints: Endpoints, context: Context
+) -> None:
+    ventilator = launch.script(
+        "server_pipeline.py",
+        "--bind",
+        endpoints.ipc("tasks"),
+        "--results",
+        endpoints.ipc("results"),
+        "--workers",
+        "1",
+        "--tasks",
+        "1",
+    )
+    ventilator.expect("^Waiting for 1 workers")
+    tasks = context.socket(zmq.PULL)
+    tasks.connect(endpoints.ipc("tasks"))
+    _, workload = pickle.loads(receive(tasks)[0])
+    greedy = context.socket(zmq.PUSH)
+    greedy_monitor = greedy.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    greedy.connect(endpoints.ipc("results"))
+    well_behaved = context.socket(zmq.PUSH)
+    well_behaved.connect(endpoints.ipc("results"))
+
+    greedy.send(pickle.dumps(("greedy", 5, "x" * 100_000)))
+    wait_for_event(greedy_monitor, zmq.EVENT_DISCONNECTED)
+    well_behaved.send(pickle.dumps(("tester", workload)))
+
+    assert ventilator.wait() == 0, ventilator.describe()
+    ventilator.expect(r"^  tester: 1 tasks$")
+    assert "greedy" not in ventilator.stdout + ventilator.stderr
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "printed"),
+    [(b"\xff\xfe\x00", r"b'\xff\xfe\x00'"), (b"", "b''")],
+    ids=["not-utf8", "empty"],
+)
+def test_reply_server_answers_any_bytes(
+    launch: Launcher, endpoints: Endpoints, context: Context, request_bytes: bytes, printed: str
+) -> None:
+    endpoint = endpoints.ipc("reqrep")
+    server = launch.script("server_req_repl.py", "--bind", endpoint)
+    server.expect("^Request-reply server on ")
+    requester = context.socket(zmq.REQ)
+    requester.connect(endpoint)
+
+    requester.send(request_bytes)
+
+    assert receive(requester) == [request_bytes + b"*"]
+    assert f"Received {printed}" in server.lines["stdout"]
+    requester.send(b"next")
+    assert receive(requester) == [b"next*"]
+
+
+def test_reply_server_answers_a_multipart_request_with_an_error(
+    launch: Launcher, endpoints: Endpoints, context: Context
+) -> None:
+    endpoint = endpoints.ipc("reqrep")
+    server = launch.script("server_req_repl.py", "--bind", endpoint)
+    server.expect("^Request-reply server on ")
+    requester = context.socket(zmq.REQ)
+    requester.connect(endpoint)
+
+    requester.send_multipart([b"two", b"frames"])
+
+    [reply] = receive(requester)
+    assert reply.startswith(b"ERROR")
+    server.expect(r"^Ignored a request of 2 frames", stream="stderr")
+    requester.send(b"next")
+    assert receive(requester) == [b"next*"]
+
+
+def test_subscriber_prints_bytes_that_are_not_utf8(
+    launch: Launcher, endpoints: Endpoints, context: Context
+) -> None:
+    publisher = context.socket(zmq.PUB)
+    publisher.bind(endpoints.ipc("pubsub"))
+    subscriber = launch.script(
+        "client_broadcast.py", "--connect", endpoints.ipc("pubsub"), "--count", "2"
+    )
+    subscriber.expect("^Waiting for 2 messages")
+
+    # PUB drops what it sends before the subscription arrives: publish until the subscriber is done.
+    deadline = time.monotonic() + WAIT
+    while subscriber.popen.poll() is None and time.monotonic() < deadline:
+        publisher.send(b"TIME\xff\xfe caf\xc3\xa9")
+        time.sleep(0.02)
+
+    assert subscriber.wait() == 0, subscriber.describe()
+    assert subscriber.lines["stdout"][1:] == [r"TIME\xff\xfe café"] * 2
+    assert "Traceback" not in subscriber.stderr
