@@ -63,7 +63,7 @@ def main() -> int:
     try:
         subscriber.connect(args.connect)
     except zmq.ZMQError as error:
-        print(f"Cannot connect to {args.connect}: {error}", file=sys.stderr)
+        print(f"Cannot connect: {error}", file=sys.stderr)
         context.destroy(linger=0)
         return 1
     # Without a subscription a SUB socket receives nothing at all.

@@ -93,7 +93,7 @@ def main() -> int:
         try:
             socket.connect(endpoint)
         except zmq.ZMQError as error:
-            print(f"Cannot connect to {endpoint}: {error}", file=sys.stderr)
+            print(f"Cannot connect: {error}", file=sys.stderr)
             context.destroy(linger=0)
             return 1
 

@@ -64,7 +64,7 @@ def main() -> int:
     try:
         requester.connect(args.connect)
     except zmq.ZMQError as error:
-        print(f"Cannot connect to {args.connect}: {error}", file=sys.stderr)
+        print(f"Cannot connect: {error}", file=sys.stderr)
         context.destroy(linger=0)
         return 1
 

@@ -151,7 +151,7 @@ def main() -> int:
         try:
             socket.bind(endpoint)
         except zmq.ZMQError as error:
-            print(f"Cannot bind {endpoint}: {error}", file=sys.stderr)
+            print(f"Cannot bind: {error}", file=sys.stderr)
             context.destroy(linger=0)
             return 1
     print(f"Ventilator on {args.bind}, sink on {args.results} (Ctrl-C to stop).")

@@ -52,7 +52,7 @@ def main() -> int:
     try:
         responder.bind(args.bind)
     except zmq.ZMQError as error:
-        print(f"Cannot bind {args.bind}: {error}", file=sys.stderr)
+        print(f"Cannot bind: {error}", file=sys.stderr)
         context.destroy(linger=0)
         return 1
 

@@ -1,0 +1,200 @@
+"""Faults: missing peers, dead peers, restarted peers, taken ports."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+
+import pytest
+
+from conftest import ROOT, Endpoints, Launcher
+
+SERVERS = ["server_req_repl.py", "server_broadcast.py", "server_pipeline.py"]
+
+
+def test_request_client_without_server_gives_up_within_its_timeout(
+    launch: Launcher, endpoints: Endpoints
+) -> None:
+    endpoint = endpoints.tcp()
+    started = time.monotonic()
+    client = launch.script("client_req_repl.py", "--connect", endpoint, "--timeout", "0.5")
+
+    assert client.wait() == 1, client.describe()
+    # The timeout plus one second; a LINGER wait for the unsent request would add two more.
+    assert time.monotonic() - started < 1.5
+    client.expect(
+        rf"^No reply from {re.escape(endpoint)} within 0.5 s\. Is the server running\? "
+        r"Start it with: uv run server_req_repl\.py$",
+        stream="stderr",
+    )
+    assert len(client.lines["stderr"]) == 1
+
+
+def test_subscriber_without_publisher_gives_up_within_its_timeout(
+    launch: Launcher, endpoints: Endpoints
+) -> None:
+    endpoint = endpoints.tcp()
+    started = time.monotonic()
+    subscriber = launch.script("client_broadcast.py", "--connect", endpoint, "--timeout", "0.5")
+
+    assert subscriber.wait() == 1, subscriber.describe()
+    assert time.monotonic() - started < 1.5
+    subscriber.expect(rf"^No message from {re.escape(endpoint)} within 0.5 s\.", stream="stderr")
+    assert len(subscriber.lines["stderr"]) == 1
+
+
+def test_request_client_started_before_the_server_is_answered_once_it_is_up(
+    launch: Launcher, endpoints: Endpoints
+) -> None:
+    endpoint = endpoints.tcp()
+    client = launch.script("client_req_repl.py", "--connect", endpoint, "--timeout", "15")
+
+    launch.script("server_req_repl.py", "--bind", endpoint)
+
+    assert client.wait() == 0, client.describe()
+    client.expect(r"^Received reply b'Hello world 1\*'$")
+
+
+def test_a_killed_server_started_again_serves_the_next_client(
+    launch: Launcher, endpoints: Endpoints
+) -> None:
+    endpoint = endpoints.tcp()
+    first = launch.script("server_req_repl.py", "--bind", endpoint)
+    first.expect("^Request-reply server on ")
+    first.signal(signal.SIGKILL)
+    first.wait()
+
+    second = launch.script("server_req_repl.py", "--bind", endpoint)
+    second.expect("^Request-reply server on ")
+    client = launch.script("client_req_repl.py", "--connect", endpoint)
+
+    assert client.wait() == 0, client.describe()
+    assert second.wait() == 0, second.describe()
+
+
+def test_subscriber_resumes_when_the_publisher_restarts(
+    launch: Launcher, endpoints: Endpoints
+) -> None:
+    endpoint = endpoints.tcp()
+    first = launch.script("server_broadcast.py", "--bind", endpoint, "--interval", "0.2")
+    first.expect("^Publishing on ")
+    subscriber = launch.script("client_broadcast.py", "--connect", endpoint, "--count", "10")
+    subscriber.expect("^TIME")
+    first.signal(signal.SIGKILL)
+    first.wait()
+    printed_before_restart = len(subscriber.lines["stdout"]) - 1
+    assert printed_before_restart < 8, "the first publisher sent nearly everything: no restart seen"
+
+    second = launch.script("server_broadcast.py", "--bind", endpoint, "--interval", "0.02")
+
+    assert subscriber.wait() == 0, subscriber.describe()
+    assert len(subscriber.lines["stdout"]) == 11
+    second.expect("^Sent TIME")
+
+
+def test_worker_started_before_the_ventilator_connects_when_it_is_up(
+    launch: Launcher, endpoints: Endpoints
+) -> None:
+    tasks, results = endpoints.tcp(), endpoints.tcp()
+    worker = launch.script("client_pipeline.py", "early", "--connect", tasks, "--results", results)
+    worker.expect("^Waiting for tasks")
+
+    ventilator = launch.script(
+        "server_pipeline.py",
+        "--bind",
+        tasks,
+        "--results",
+        results,
+        "--workers",
+        "1",
+        "--tasks",
+        "5",
+    )
+
+    assert ventilator.wait() == 0, ventilator.describe()
+    ventilator.expect(r"^  early: 5 tasks$")
+
+
+def test_a_worker_killed_mid_run_is_reported_as_missing_results(
+    launch: Launcher, endpoints: Endpoints
+) -> None:
+    tasks, results = endpoints.ipc("tasks"), endpoints.ipc("results")
+    ventilator = launch.script(
+        "server_pipeline.py",
+        "--bind",
+        tasks,
+        "--results",
+        results,
+        "--workers",
+        "2",
+        "--tasks",
+        "40",
+        "--timeout",
+        "1",
+    )
+    ventilator.expect("^Waiting for 2 workers")
+    survivor = launch.script(
+        "client_pipeline.py", "survivor", "--connect", tasks, "--results", results
+    )
+    victim = launch.script("client_pipeline.py", "victim", "--connect", tasks, "--results", results)
+    victim.expect("^Task from ")
+    victim.signal(signal.SIGKILL)
+    victim.wait()
+
+    assert ventilator.wait() == 1, ventilator.describe()
+    received = len([line for line in ventilator.lines["stdout"] if line.startswith("Result ")])
+    missing = 40 - received
+    assert missing > 0
+    ventilator.expect(rf"^No result for 1 s: {missing} of 40 results missing\.$", stream="stderr")
+    assert "All 40 results in." not in ventilator.stdout
+    assert survivor.popen.poll() is None
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_second_server_on_a_taken_port_says_so_in_one_line(
+    launch: Launcher, endpoints: Endpoints, server: str
+) -> None:
+    endpoint = endpoints.tcp()
+    first = launch.script(server, "--bind", endpoint)
+    first.expect(r"^(Request-reply server|Publishing|Ventilator) on ")
+
+    second = launch.script(server, "--bind", endpoint)
+
+    assert second.wait() == 1, second.describe()
+    assert second.lines["stderr"] == [f"Cannot bind: Address already in use (addr='{endpoint}')"]
+    assert first.popen.poll() is None
+
+
+def test_ventilator_with_its_results_port_taken_says_so_in_one_line(
+    launch: Launcher, endpoints: Endpoints
+) -> None:
+    taken = endpoints.tcp()
+    holder = launch.script("server_req_repl.py", "--bind", taken)
+    holder.expect("^Request-reply server on ")
+
+    ventilator = launch.script(
+        "server_pipeline.py", "--bind", endpoints.ipc("tasks"), "--results", taken
+    )
+
+    assert ventilator.wait() == 1, ventilator.describe()
+    assert ventilator.lines["stderr"] == [f"Cannot bind: Address already in use (addr='{taken}')"]
+
+
+@pytest.mark.parametrize("script", [*SERVERS, "client_req_repl.py", "client_broadcast.py"])
+def test_a_malformed_endpoint_is_one_line_not_a_traceback(launch: Launcher, script: str) -> None:
+    option = "--bind" if script.startswith("server") else "--connect"
+    process = launch.script(script, option, "tcp//no-scheme:5555")
+
+    assert process.wait() == 1, process.describe()
+    assert len(process.lines["stderr"]) == 1
+    assert process.lines["stderr"][0].startswith("Cannot ")
+    assert "tcp//no-scheme:5555" in process.stderr
+
+
+def test_servers_bind_loopback_and_nothing_unpickles_with_plain_loads() -> None:
+    for path in sorted(ROOT.glob("*.py")):
+        source = path.read_text()
+        assert "pickle.loads" not in source, path.name
+        for endpoint in re.findall(r'DEFAULT\w*ENDPOINT = "([^"]+)"', source):
+            assert endpoint.startswith("tcp://127.0.0.1:"), (path.name, endpoint)
