@@ -20,10 +20,22 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 
 import zmq
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
+
+
+def wait_for_message(socket: zmq.Socket[bytes], timeout: float | None = None) -> bool:
+    """Return True once `socket` has a message to receive, False after `timeout` seconds."""
+    # Poll in 0.1 s slices rather than block: a Ctrl-C that lands just before a blocking call
+    # begins is only acted on when that call returns.
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not socket.poll(100):
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+    return True
 
 
 def main() -> int:
@@ -58,8 +70,6 @@ def main() -> int:
     subscriber = context.socket(zmq.SUB)
     # A SUB socket sends nothing the user asked for, so there is nothing to wait for at exit.
     subscriber.setsockopt(zmq.LINGER, 0)
-    if args.timeout is not None:
-        subscriber.setsockopt(zmq.RCVTIMEO, int(args.timeout * 1000))
     try:
         subscriber.connect(args.connect)
     except zmq.ZMQError as error:
@@ -74,15 +84,14 @@ def main() -> int:
             f"Waiting for {args.count} messages starting with {args.topic!r} from {args.connect}."
         )
         for _ in range(args.count):
-            try:
-                frames = subscriber.recv_multipart()
-            except zmq.Again:
+            if not wait_for_message(subscriber, args.timeout):
                 print(
                     f"No message from {args.connect} within {args.timeout:g} s. "
                     "Is the publisher running? Start it with: uv run server_broadcast.py",
                     file=sys.stderr,
                 )
                 return 1
+            frames = subscriber.recv_multipart()
             # Publishers may send any bytes: show what is not UTF-8 instead of crashing on it.
             print(" ".join(frame.decode("utf-8", errors="backslashreplace") for frame in frames))
         return 0

@@ -19,10 +19,22 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 
 import zmq
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+
+
+def wait_for_message(socket: zmq.Socket[bytes], timeout: float | None = None) -> bool:
+    """Return True once `socket` has a message to receive, False after `timeout` seconds."""
+    # Poll in 0.1 s slices rather than block: a Ctrl-C that lands just before a blocking call
+    # begins is only acted on when that call returns.
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not socket.poll(100):
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+    return True
 
 
 def main() -> int:
@@ -57,8 +69,6 @@ def main() -> int:
 
     context = zmq.Context()
     requester = context.socket(zmq.REQ)
-    # A finite wait for each reply: REQ would otherwise block forever when no server is there.
-    requester.setsockopt(zmq.RCVTIMEO, int(args.timeout * 1000))
     # At exit, STOP gets up to two seconds to reach the server: closing must not drop it, nor hang.
     requester.setsockopt(zmq.LINGER, 2000)
     try:
@@ -71,9 +81,8 @@ def main() -> int:
     try:
         for message in args.messages:
             requester.send_string(message)
-            try:
-                reply = requester.recv()
-            except zmq.Again:
+            # A finite wait for each reply: REQ would otherwise block forever with no server.
+            if not wait_for_message(requester, args.timeout):
                 print(
                     f"No reply from {args.connect} within {args.timeout:g} s. "
                     "Is the server running? Start it with: uv run server_req_repl.py",
@@ -82,6 +91,7 @@ def main() -> int:
                 # Nobody will take the queued request: do not wait for it at exit.
                 requester.setsockopt(zmq.LINGER, 0)
                 return 1
+            reply = requester.recv()
             print(f"Received reply {reply!r}")
         if not args.no_stop:
             # The reply to STOP is not needed (the post's server sends none): LINGER delivers STOP.

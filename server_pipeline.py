@@ -66,6 +66,17 @@ def load_result(data: bytes) -> tuple[str, int]:
     return value
 
 
+def wait_for_message(socket: zmq.Socket[bytes], timeout: float | None = None) -> bool:
+    """Return True once `socket` has a message to receive, False after `timeout` seconds."""
+    # Poll in 0.1 s slices rather than block: a Ctrl-C that lands just before a blocking call
+    # begins is only acted on when that call returns.
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not socket.poll(100):
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+    return True
+
+
 def wait_for_workers(monitor: zmq.Socket[bytes], wanted: int) -> None:
     """Block until `wanted` workers have completed the ZeroMQ handshake with the ventilator."""
     connected = 0
@@ -74,6 +85,7 @@ def wait_for_workers(monitor: zmq.Socket[bytes], wanted: int) -> None:
     failed_handshakes = 0
     print(f"Waiting for {wanted} workers to connect.")
     while connected < wanted:
+        wait_for_message(monitor)
         event = recv_monitor_message(monitor)["event"]
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             connected += 1
@@ -170,7 +182,7 @@ def main() -> int:
         tasks_per_worker: Counter[str] = Counter()
         received = 0
         while received < args.tasks:
-            if not sink.poll(int(args.timeout * 1000)):
+            if not wait_for_message(sink, args.timeout):
                 missing = args.tasks - received
                 print(
                     f"No result for {args.timeout:g} s: {missing} of {args.tasks} results missing.",

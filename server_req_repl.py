@@ -19,11 +19,23 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 
 import zmq
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 MAX_MESSAGE_BYTES = 64 * 1024
+
+
+def wait_for_message(socket: zmq.Socket[bytes], timeout: float | None = None) -> bool:
+    """Return True once `socket` has a message to receive, False after `timeout` seconds."""
+    # Poll in 0.1 s slices rather than block: a Ctrl-C that lands just before a blocking call
+    # begins is only acted on when that call returns.
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not socket.poll(100):
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+    return True
 
 
 def main() -> int:
@@ -59,6 +71,7 @@ def main() -> int:
     try:
         print(f"Request-reply server on {args.bind}. Waiting for requests (Ctrl-C to stop).")
         while True:
+            wait_for_message(responder)
             frames = responder.recv_multipart()
             if len(frames) != 1:
                 # REP must answer every request, or that client waits forever.
