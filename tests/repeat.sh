@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Stability check: run the whole test suite again and again, and stop at the first failure.
+#
+#   bash tests/repeat.sh              20 runs in a row
+#   bash tests/repeat.sh 5            5 runs
+#   bash tests/repeat.sh --parallel   each run is two copies of the suite at the same time
+#   bash tests/repeat.sh --load       a busy loop on every core for the whole time
+# Options combine: bash tests/repeat.sh 20 --parallel --load
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+runs=20 parallel=false load=false
+for arg in "$@"; do
+    case "$arg" in
+        --parallel) parallel=true ;;
+        --load) load=true ;;
+        *[!0-9]* | "") echo "usage: bash tests/repeat.sh [RUNS] [--parallel] [--load]" >&2; exit 2 ;;
+        *) runs=$arg ;;
+    esac
+done
+
+busy_pids=()
+stop_load() { [ ${#busy_pids[@]} -eq 0 ] || kill "${busy_pids[@]}" 2>/dev/null || true; }
+trap stop_load EXIT
+if $load; then
+    for _ in $(seq "$(nproc)"); do
+        python3 -c 'while True: pass' &
+        busy_pids+=($!)
+    done
+    echo "CPU load: ${#busy_pids[@]} busy loops"
+fi
+
+uv sync --quiet
+for run in $(seq "$runs"); do
+    if $parallel; then
+        uv run pytest -q -p no:cacheprovider >/tmp/repeat-a.$$ 2>&1 & first=$!
+        uv run pytest -q -p no:cacheprovider >/tmp/repeat-b.$$ 2>&1 & second=$!
+        status=0
+        wait "$first" || status=1
+        wait "$second" || status=1
+        tail -n 1 /tmp/repeat-a.$$ /tmp/repeat-b.$$
+        if [ $status -ne 0 ]; then
+            cat /tmp/repeat-a.$$ /tmp/repeat-b.$$
+            echo "run $run of $runs failed"
+            exit 1
+        fi
+        rm -f /tmp/repeat-a.$$ /tmp/repeat-b.$$
+    else
+        uv run pytest -q -p no:cacheprovider | tail -n 1 || { echo "run $run of $runs failed"; exit 1; }
+    fi
+    echo "run $run of $runs passed"
+done
