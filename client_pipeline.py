@@ -58,17 +58,6 @@ def load_task(data: bytes) -> tuple[str, int]:
     return value
 
 
-def wait_for_message(socket: zmq.Socket[bytes], timeout: float | None = None) -> bool:
-    """Return True once `socket` has a message to receive, False after `timeout` seconds."""
-    # Poll in 0.1 s slices rather than block: a Ctrl-C that lands just before a blocking call
-    # begins is only acted on when that call returns.
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while not socket.poll(100):
-        if deadline is not None and time.monotonic() >= deadline:
-            return False
-    return True
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description="Pipeline worker: pull tasks, simulate the work, push results to the sink."
@@ -98,6 +87,9 @@ def main() -> int:
     # Tasks are tiny: a bigger message is not from our ventilator, and libzmq drops that peer.
     receiver.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     receiver.setsockopt(zmq.LINGER, 0)
+    # Block for 0.1 s at most per call: a Ctrl-C that lands just before a blocking call begins
+    # is only acted on when the call returns.
+    receiver.setsockopt(zmq.RCVTIMEO, 100)
     # At exit, queued results get half a second to reach the sink, then are dropped: a live sink
     # takes them in milliseconds, and a dead one must not hold up Ctrl-C.
     sender.setsockopt(zmq.LINGER, 500)
@@ -113,8 +105,10 @@ def main() -> int:
         print(f"Worker {worker_name}: tasks from {args.connect}, results to {args.results}.")
         print("Waiting for tasks (Ctrl-C to stop).")
         while True:
-            wait_for_message(receiver)
-            frames = receiver.recv_multipart()
+            try:
+                frames = receiver.recv_multipart()
+            except zmq.Again:
+                continue
             try:
                 if len(frames) != 1:
                     raise ValueError(f"expected 1 frame, got {len(frames)}")
