@@ -68,7 +68,7 @@ def main() -> int:
 
     context = zmq.Context()
     subscriber = context.socket(zmq.SUB)
-    # A SUB socket sends nothing the user asked for, so there is nothing to wait for at exit.
+    # All a SUB socket queues is its subscription: nothing worth waiting for at exit.
     subscriber.setsockopt(zmq.LINGER, 0)
     try:
         subscriber.connect(args.connect)

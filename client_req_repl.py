@@ -17,6 +17,7 @@ Start the server first, in another terminal:
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -80,7 +81,8 @@ def main() -> int:
 
     try:
         for message in args.messages:
-            requester.send_string(message)
+            # The bytes exactly as typed, even ones that are not UTF-8.
+            requester.send(os.fsencode(message))
             # A finite wait for each reply: REQ would otherwise block forever with no server.
             if not wait_for_message(requester, args.timeout):
                 print(

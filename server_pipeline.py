@@ -166,9 +166,9 @@ def main() -> int:
             print(f"Cannot bind: {error}", file=sys.stderr)
             context.destroy(linger=0)
             return 1
-    print(f"Ventilator on {args.bind}, sink on {args.results} (Ctrl-C to stop).")
 
     try:
+        print(f"Ventilator on {args.bind}, sink on {args.results} (Ctrl-C to stop).")
         wait_for_workers(monitor, args.workers)
         ventilator.disable_monitor()
         started = time.monotonic()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from conftest import Endpoints, Launcher
 
 READY = r"^Request-reply server on .*Waiting for requests"
@@ -79,3 +81,18 @@ def test_the_server_also_answers_stop_for_a_client_that_waits(
 
     waiting_client.expect(r"^b'STOP\*'$")
     assert server.wait() == 0, server.describe()
+
+
+def test_a_request_typed_in_any_encoding_is_sent_as_typed(
+    launch: Launcher, endpoints: Endpoints
+) -> None:
+    endpoint = endpoints.ipc("reqrep")
+    server = launch.script("server_req_repl.py", "--bind", endpoint)
+    server.expect(READY)
+
+    latin1 = os.fsdecode(b"caf\xe9")
+    client = launch.script("client_req_repl.py", "--connect", endpoint, latin1, "café")
+
+    assert client.wait() == 0, client.describe()
+    client.expect(r"^Received reply b'caf\\xe9\*'$")
+    client.expect(r"^Received reply b'caf\\xc3\\xa9\*'$")
