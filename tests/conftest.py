@@ -190,6 +190,44 @@ def endpoints() -> Iterator[Endpoints]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+class Pipeline:
+    """The two endpoints of one pipeline run, and its two scripts started on them."""
+
+    def __init__(self, launch: Launcher, tasks: str, results: str) -> None:
+        self.launch = launch
+        self.tasks = tasks
+        self.results = results
+
+    def ventilator(self, *args: str) -> Process:
+        """server_pipeline.py, once it has bound both endpoints."""
+        process = self.launch.script(
+            "server_pipeline.py", "--bind", self.tasks, "--results", self.results, *args
+        )
+        process.expect(r"^Ventilator on ")
+        return process
+
+    def worker(self, *args: str) -> Process:
+        """client_pipeline.py, once it is waiting for tasks."""
+        process = self.launch.script(
+            "client_pipeline.py", *args, "--connect", self.tasks, "--results", self.results
+        )
+        process.expect(r"^Waiting for tasks")
+        return process
+
+
+@pytest.fixture
+def pipeline(launch: Launcher, endpoints: Endpoints) -> Pipeline:
+    return Pipeline(launch, endpoints.ipc("tasks"), endpoints.ipc("results"))
+
+
+def tasks_per_worker(ventilator: Process) -> dict[str, int]:
+    """The ventilator's closing summary: how many tasks each worker completed."""
+    return {
+        match[1]: int(match[2])
+        for match in re.finditer(r"^  (\S+): (\d+) tasks$", ventilator.stdout, re.MULTILINE)
+    }
+
+
 @pytest.fixture
 def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
     """A ZeroMQ context for the test's own bare sockets, destroyed without lingering."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from conftest import WAIT, Endpoints, Launcher, Process, receive, wait_for_event
+from conftest import WAIT, Endpoints, Launcher, Pipeline, Process, receive, wait_for_event
 
 Context = zmq.Context[zmq.Socket[bytes]]
 
@@ -53,23 +53,24 @@ def expect_one_line_each(process: Process, prefix: str, count: int) -> None:
     assert "Traceback" not in process.stderr
 
 
+def be_the_only_worker(pipeline: Pipeline, context: Context) -> tuple[Process, int]:
+    """Start a ventilator for one task and take that task: the test plays the worker."""
+    ventilator = pipeline.ventilator("--workers", "1", "--tasks", "1")
+    tasks = context.socket(zmq.PULL)
+    tasks.connect(pipeline.tasks)
+    _, workload = pickle.loads(receive(tasks)[0])
+    return ventilator, workload
+
+
 def test_worker_refuses_bad_tasks_and_handles_the_next_valid_one(
-    launch: Launcher, endpoints: Endpoints, context: Context, tmp_path: Path
+    pipeline: Pipeline, context: Context, tmp_path: Path
 ) -> None:
     tasks = context.socket(zmq.PUSH)
     tasks.setsockopt(zmq.SNDTIMEO, int(WAIT * 1000))
-    tasks.bind(endpoints.ipc("tasks"))
+    tasks.bind(pipeline.tasks)
     results = context.socket(zmq.PULL)
-    results.bind(endpoints.ipc("results"))
-    worker = launch.script(
-        "client_pipeline.py",
-        "w",
-        "--connect",
-        endpoints.ipc("tasks"),
-        "--results",
-        endpoints.ipc("results"),
-    )
-    worker.expect("^Waiting for tasks")
+    results.bind(pipeline.results)
+    worker = pipeline.worker("w")
     marker = tmp_path / "pwned"
     bad = bad_messages(marker)
 
@@ -85,26 +86,11 @@ def test_worker_refuses_bad_tasks_and_handles_the_next_valid_one(
 
 
 def test_sink_refuses_bad_results_and_counts_the_next_valid_one(
-    launch: Launcher, endpoints: Endpoints, context: Context, tmp_path: Path
+    pipeline: Pipeline, context: Context, tmp_path: Path
 ) -> None:
-    ventilator = launch.script(
-        "server_pipeline.py",
-        "--bind",
-        endpoints.ipc("tasks"),
-        "--results",
-        endpoints.ipc("results"),
-        "--workers",
-        "1",
-        "--tasks",
-        "1",
-    )
-    ventilator.expect("^Waiting for 1 workers")
-    # The test is the worker: it takes the one task and answers with garbage first.
-    tasks = context.socket(zmq.PULL)
-    tasks.connect(endpoints.ipc("tasks"))
-    _, workload = pickle.loads(receive(tasks)[0])
+    ventilator, workload = be_the_only_worker(pipeline, context)
     results = context.socket(zmq.PUSH)
-    results.connect(endpoints.ipc("results"))
+    results.connect(pipeline.results)
     marker = tmp_path / "pwned"
     bad = bad_messages(marker)
 
@@ -142,28 +128,14 @@ def test_reply_server_disconnects_an_oversized_request_and_serves_the_others(
 
 
 def test_sink_disconnects_an_oversized_result_and_takes_the_others(
-    launch: Launcher, endpoints: Endpoints, context: Context
+    pipeline: Pipeline, context: Context
 ) -> None:
-    ventilator = launch.script(
-        "server_pipeline.py",
-        "--bind",
-        endpoints.ipc("tasks"),
-        "--results",
-        endpoints.ipc("results"),
-        "--workers",
-        "1",
-        "--tasks",
-        "1",
-    )
-    ventilator.expect("^Waiting for 1 workers")
-    tasks = context.socket(zmq.PULL)
-    tasks.connect(endpoints.ipc("tasks"))
-    _, workload = pickle.loads(receive(tasks)[0])
+    ventilator, workload = be_the_only_worker(pipeline, context)
     greedy = context.socket(zmq.PUSH)
     greedy_monitor = greedy.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-    greedy.connect(endpoints.ipc("results"))
+    greedy.connect(pipeline.results)
     well_behaved = context.socket(zmq.PUSH)
-    well_behaved.connect(endpoints.ipc("results"))
+    well_behaved.connect(pipeline.results)
 
     greedy.send(pickle.dumps(("greedy", 5, "x" * 100_000)))
     wait_for_event(greedy_monitor, zmq.EVENT_DISCONNECTED)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, Endpoints, Launcher
+from conftest import ROOT, Endpoints, Launcher, Pipeline
 
 SERVERS = ["server_req_repl.py", "server_broadcast.py", "server_pipeline.py"]
 
@@ -18,13 +18,13 @@ def test_request_client_without_server_gives_up_within_its_timeout(
 ) -> None:
     endpoint = endpoints.tcp()
     started = time.monotonic()
-    client = launch.script("client_req_repl.py", "--connect", endpoint, "--timeout", "0.5")
+    client = launch.script("client_req_repl.py", "--connect", endpoint, "--timeout", "1")
 
     assert client.wait() == 1, client.describe()
     # The timeout plus one second; a LINGER wait for the unsent request would add two more.
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 2.0
     client.expect(
-        rf"^No reply from {re.escape(endpoint)} within 0.5 s\. Is the server running\? "
+        rf"^No reply from {re.escape(endpoint)} within 1 s\. Is the server running\? "
         r"Start it with: uv run server_req_repl\.py$",
         stream="stderr",
     )
@@ -36,11 +36,11 @@ def test_subscriber_without_publisher_gives_up_within_its_timeout(
 ) -> None:
     endpoint = endpoints.tcp()
     started = time.monotonic()
-    subscriber = launch.script("client_broadcast.py", "--connect", endpoint, "--timeout", "0.5")
+    subscriber = launch.script("client_broadcast.py", "--connect", endpoint, "--timeout", "1")
 
     assert subscriber.wait() == 1, subscriber.describe()
-    assert time.monotonic() - started < 1.5
-    subscriber.expect(rf"^No message from {re.escape(endpoint)} within 0.5 s\.", stream="stderr")
+    assert time.monotonic() - started < 2.0
+    subscriber.expect(rf"^No message from {re.escape(endpoint)} within 1 s\.", stream="stderr")
     assert len(subscriber.lines["stderr"]) == 1
 
 
@@ -96,48 +96,19 @@ def test_subscriber_resumes_when_the_publisher_restarts(
 def test_worker_started_before_the_ventilator_connects_when_it_is_up(
     launch: Launcher, endpoints: Endpoints
 ) -> None:
-    tasks, results = endpoints.tcp(), endpoints.tcp()
-    worker = launch.script("client_pipeline.py", "early", "--connect", tasks, "--results", results)
-    worker.expect("^Waiting for tasks")
+    pipeline = Pipeline(launch, endpoints.tcp(), endpoints.tcp())
+    pipeline.worker("early")
 
-    ventilator = launch.script(
-        "server_pipeline.py",
-        "--bind",
-        tasks,
-        "--results",
-        results,
-        "--workers",
-        "1",
-        "--tasks",
-        "5",
-    )
+    ventilator = pipeline.ventilator("--workers", "1", "--tasks", "5")
 
     assert ventilator.wait() == 0, ventilator.describe()
     ventilator.expect(r"^  early: 5 tasks$")
 
 
-def test_a_worker_killed_mid_run_is_reported_as_missing_results(
-    launch: Launcher, endpoints: Endpoints
-) -> None:
-    tasks, results = endpoints.ipc("tasks"), endpoints.ipc("results")
-    ventilator = launch.script(
-        "server_pipeline.py",
-        "--bind",
-        tasks,
-        "--results",
-        results,
-        "--workers",
-        "2",
-        "--tasks",
-        "40",
-        "--timeout",
-        "1",
-    )
-    ventilator.expect("^Waiting for 2 workers")
-    survivor = launch.script(
-        "client_pipeline.py", "survivor", "--connect", tasks, "--results", results
-    )
-    victim = launch.script("client_pipeline.py", "victim", "--connect", tasks, "--results", results)
+def test_a_worker_killed_mid_run_is_reported_as_missing_results(pipeline: Pipeline) -> None:
+    ventilator = pipeline.ventilator("--workers", "2", "--tasks", "40", "--timeout", "1")
+    survivor = pipeline.worker("survivor")
+    victim = pipeline.worker("victim")
     victim.expect("^Task from ")
     victim.signal(signal.SIGKILL)
     victim.wait()

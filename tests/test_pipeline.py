@@ -5,39 +5,16 @@ from __future__ import annotations
 import re
 import socket
 
-from conftest import Endpoints, Launcher, Process
-
-READY = r"^Ventilator on "
-WORKER_READY = r"^Waiting for tasks"
-
-
-def start_workers(launch: Launcher, tasks: str, results: str, names: list[str]) -> list[Process]:
-    workers = []
-    for name in names:
-        worker = launch.script("client_pipeline.py", name, "--connect", tasks, "--results", results)
-        worker.expect(WORKER_READY)
-        workers.append(worker)
-    return workers
-
-
-def tasks_per_worker(ventilator: Process) -> dict[str, int]:
-    return {
-        match[1]: int(match[2])
-        for match in re.finditer(r"^  (\S+): (\d+) tasks$", ventilator.stdout, re.MULTILINE)
-    }
+from conftest import Endpoints, Launcher, Pipeline, tasks_per_worker
 
 
 def test_three_workers_share_the_tasks_and_the_sink_collects_every_result(
-    launch: Launcher, endpoints: Endpoints
+    pipeline: Pipeline,
 ) -> None:
-    tasks, results = endpoints.ipc("tasks"), endpoints.ipc("results")
-    ventilator = launch.script(
-        "server_pipeline.py", "--bind", tasks, "--results", results, "--tasks", "30"
-    )
-    ventilator.expect(READY)
+    ventilator = pipeline.ventilator("--tasks", "30")
     ventilator.expect(r"^Waiting for 3 workers to connect\.$")
 
-    workers = start_workers(launch, tasks, results, ["alpha", "beta", "gamma"])
+    workers = [pipeline.worker(name) for name in ("alpha", "beta", "gamma")]
 
     assert ventilator.wait() == 0, ventilator.describe()
     ventilator.expect(r"^Sent 30 tasks, \d+ ms of work in all\.$")
@@ -46,43 +23,24 @@ def test_three_workers_share_the_tasks_and_the_sink_collects_every_result(
     ventilator.expect(r"^Total simulated work: \d+\.\d\d s$")
     ventilator.expect(r"^Elapsed: \d+\.\d\d s \(ideal with 3 workers: \d+\.\d\d s\)$")
     for worker in workers:
-        assert len([line for line in worker.stdout.splitlines() if "Task from" in line]) == 10
+        assert len([line for line in worker.lines["stdout"] if "Task from" in line]) == 10
 
 
-def test_shares_differ_by_at_most_one_when_tasks_do_not_divide(
-    launch: Launcher, endpoints: Endpoints
-) -> None:
-    tasks, results = endpoints.ipc("tasks"), endpoints.ipc("results")
-    ventilator = launch.script(
-        "server_pipeline.py", "--bind", tasks, "--results", results, "--tasks", "11"
-    )
-    ventilator.expect(READY)
-    start_workers(launch, tasks, results, ["alpha", "beta", "gamma"])
+def test_shares_differ_by_at_most_one_when_tasks_do_not_divide(pipeline: Pipeline) -> None:
+    ventilator = pipeline.ventilator("--tasks", "11")
+    for name in ("alpha", "beta", "gamma"):
+        pipeline.worker(name)
 
     assert ventilator.wait() == 0, ventilator.describe()
     assert sorted(tasks_per_worker(ventilator).values()) == [3, 4, 4]
 
 
-def test_ventilator_sends_nothing_until_all_workers_are_connected(
-    launch: Launcher, endpoints: Endpoints
-) -> None:
-    tasks, results = endpoints.ipc("tasks"), endpoints.ipc("results")
-    ventilator = launch.script(
-        "server_pipeline.py",
-        "--bind",
-        tasks,
-        "--results",
-        results,
-        "--workers",
-        "2",
-        "--tasks",
-        "20",
-    )
-    ventilator.expect(READY)
-    start_workers(launch, tasks, results, ["early"])
+def test_ventilator_sends_nothing_until_all_workers_are_connected(pipeline: Pipeline) -> None:
+    ventilator = pipeline.ventilator("--workers", "2", "--tasks", "20")
+    pipeline.worker("early")
     ventilator.expect(r"^Workers connected: 1 of 2$")
 
-    start_workers(launch, tasks, results, ["late"])
+    pipeline.worker("late")
 
     ventilator.expect(r"^Workers connected: 2 of 2$")
     assert ventilator.wait() == 0, ventilator.describe()
@@ -93,53 +51,25 @@ def test_ventilator_sends_nothing_until_all_workers_are_connected(
 def test_a_tcp_connection_without_a_zeromq_handshake_is_not_a_worker(
     launch: Launcher, endpoints: Endpoints
 ) -> None:
-    tasks, results = endpoints.tcp(), endpoints.ipc("results")
-    port = int(tasks.rsplit(":", 1)[1])
-    ventilator = launch.script(
-        "server_pipeline.py",
-        "--bind",
-        tasks,
-        "--results",
-        results,
-        "--workers",
-        "2",
-        "--tasks",
-        "20",
-    )
-    ventilator.expect(READY)
+    pipeline = Pipeline(launch, endpoints.tcp(), endpoints.ipc("results"))
+    port = int(pipeline.tasks.rsplit(":", 1)[1])
+    ventilator = pipeline.ventilator("--workers", "2", "--tasks", "20")
     # Plain TCP peers: one that closes at once, one that sends garbage, one that stays silent.
     with socket.create_connection(("127.0.0.1", port)):
         pass
     with socket.create_connection(("127.0.0.1", port)) as garbage:
         garbage.sendall(b"GET / HTTP/1.0\r\n\r\n")
-    silent = socket.create_connection(("127.0.0.1", port))
-    try:
-        start_workers(launch, tasks, results, ["first"])
+    with socket.create_connection(("127.0.0.1", port)):
+        pipeline.worker("first")
         ventilator.expect(r"^Workers connected: 1 of 2$")
-        start_workers(launch, tasks, results, ["second"])
+        pipeline.worker("second")
 
         assert ventilator.wait() == 0, ventilator.describe()
-        assert tasks_per_worker(ventilator) == {"first": 10, "second": 10}
-    finally:
-        silent.close()
+    assert tasks_per_worker(ventilator) == {"first": 10, "second": 10}
 
 
-def test_tasks_are_pickled_name_and_workload_tuples(launch: Launcher, endpoints: Endpoints) -> None:
-    tasks, results = endpoints.ipc("tasks"), endpoints.ipc("results")
-    ventilator = launch.script(
-        "server_pipeline.py",
-        "--bind",
-        tasks,
-        "--results",
-        results,
-        "--workers",
-        "1",
-        "--tasks",
-        "50",
-        "--timeout",
-        "1",
-    )
-    ventilator.expect(READY)
+def test_tasks_are_pickled_name_and_workload_tuples(launch: Launcher, pipeline: Pipeline) -> None:
+    ventilator = pipeline.ventilator("--workers", "1", "--tasks", "50", "--timeout", "1")
     # A bare PULL that checks every task's type and range, then reports how many it saw.
     bare_worker = launch.python(
         "import pickle, sys, zmq\n"
@@ -151,7 +81,7 @@ def test_tasks_are_pickled_name_and_workload_tuples(launch: Launcher, endpoints:
         "    assert len(frames) == 1 and name == 'ventilator' and type(workload) is int\n"
         "    assert 1 <= workload <= 100, workload\n"
         "print('50 valid tasks')\n",
-        tasks,
+        pipeline.tasks,
     )
 
     assert bare_worker.wait() == 0, bare_worker.describe()
@@ -160,31 +90,17 @@ def test_tasks_are_pickled_name_and_workload_tuples(launch: Launcher, endpoints:
     assert ventilator.wait() == 1, ventilator.describe()
 
 
-def test_ventilator_name_is_the_first_argument(launch: Launcher, endpoints: Endpoints) -> None:
-    tasks, results = endpoints.ipc("tasks"), endpoints.ipc("results")
-    ventilator = launch.script(
-        "server_pipeline.py",
-        "batch-7",
-        "--bind",
-        tasks,
-        "--results",
-        results,
-        "--workers",
-        "1",
-        "--tasks",
-        "3",
-    )
-    ventilator.expect(READY)
-    [worker] = start_workers(launch, tasks, results, ["solo"])
+def test_ventilator_name_is_the_first_argument(pipeline: Pipeline) -> None:
+    ventilator = pipeline.ventilator("batch-7", "--workers", "1", "--tasks", "3")
+    worker = pipeline.worker("solo")
 
     assert ventilator.wait() == 0, ventilator.describe()
     worker.expect(r"^Task from batch-7: \d+ ms$")
 
 
 def test_worker_pushes_its_name_and_the_workload_to_the_sink(
-    launch: Launcher, endpoints: Endpoints
+    launch: Launcher, pipeline: Pipeline
 ) -> None:
-    tasks, results = endpoints.ipc("tasks"), endpoints.ipc("results")
     # Bare ventilator and sink around our worker: three known tasks in, three results out.
     bare_ends = launch.python(
         "import pickle, sys, zmq\n"
@@ -197,19 +113,18 @@ def test_worker_pushes_its_name_and_the_workload_to_the_sink(
         "    ventilator.send(pickle.dumps(('bare', workload)))\n"
         "for _ in range(3):\n"
         "    print(pickle.loads(sink.recv()))\n",
-        tasks,
-        results,
+        pipeline.tasks,
+        pipeline.results,
     )
-    start_workers(launch, tasks, results, ["solo"])
+    pipeline.worker("solo")
 
     assert bare_ends.wait() == 0, bare_ends.describe()
     assert bare_ends.lines["stdout"] == ["('solo', 5)", "('solo', 1)", "('solo', 30)"]
 
 
-def test_worker_default_name_is_host_and_pid(launch: Launcher, endpoints: Endpoints) -> None:
-    worker = launch.script(
-        "client_pipeline.py", "--connect", endpoints.ipc("tasks"), "--results", endpoints.ipc("r")
-    )
+def test_worker_default_name_is_host_and_pid(pipeline: Pipeline) -> None:
+    worker = pipeline.worker()
 
-    match = worker.expect(r"^Worker (\S+): tasks from ")
+    match = re.match(r"^Worker (\S+): tasks from ", worker.lines["stdout"][0])
+    assert match, worker.describe()
     assert match[1].endswith(f"-{worker.popen.pid}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import Endpoints, Launcher
+from conftest import Endpoints, Launcher, Pipeline
 
 
 def test_post_client_against_our_server(launch: Launcher, endpoints: Endpoints) -> None:
@@ -57,22 +57,10 @@ def test_our_subscriber_against_post_publisher(launch: Launcher, endpoints: Endp
     assert len([line for line in subscriber.lines["stdout"] if line.startswith("TIME")]) == 3
 
 
-def test_post_worker_against_our_ventilator(launch: Launcher, endpoints: Endpoints) -> None:
-    tasks, results = endpoints.ipc("tasks"), endpoints.ipc("results")
-    ventilator = launch.script(
-        "server_pipeline.py",
-        "--bind",
-        tasks,
-        "--results",
-        results,
-        "--workers",
-        "1",
-        "--timeout",
-        "1",
-    )
-    ventilator.expect(r"^Ventilator on ")
+def test_post_worker_against_our_ventilator(launch: Launcher, pipeline: Pipeline) -> None:
+    ventilator = pipeline.ventilator("--workers", "1", "--timeout", "1")
 
-    post_worker = launch.post_peer("client_pipeline.py", "post-worker", tasks)
+    post_worker = launch.post_peer("client_pipeline.py", "post-worker", pipeline.tasks)
 
     for _ in range(100):
         post_worker.expect(r"^\('ventilator', \d+\)$")
@@ -81,12 +69,10 @@ def test_post_worker_against_our_ventilator(launch: Launcher, endpoints: Endpoin
     ventilator.expect(r"100 of 100 results missing", stream="stderr")
 
 
-def test_our_worker_against_post_ventilator(launch: Launcher, endpoints: Endpoints) -> None:
-    tasks, results = endpoints.ipc("tasks"), endpoints.ipc("results")
-    worker = launch.script("client_pipeline.py", "--connect", tasks, "--results", results)
-    worker.expect(r"^Waiting for tasks")
+def test_our_worker_against_post_ventilator(launch: Launcher, pipeline: Pipeline) -> None:
+    worker = pipeline.worker()
 
-    launch.post_peer("server_pipeline.py", "post", tasks)
+    launch.post_peer("server_pipeline.py", "post", pipeline.tasks)
 
     for _ in range(100):
         worker.expect(r"^Task from post: \d+ ms$")

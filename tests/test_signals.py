@@ -9,7 +9,7 @@ import time
 import pytest
 import zmq
 
-from conftest import WAIT, Endpoints, Launcher, Process, receive
+from conftest import WAIT, Endpoints, Launcher, Pipeline, Process, receive
 
 Context = zmq.Context[zmq.Socket[bytes]]
 SIGNALS = [signal.SIGINT, signal.SIGTERM]
@@ -84,23 +84,12 @@ def test_worker_in_the_middle_of_a_long_task_stops_on_the_signal(
 
 @pytest.mark.parametrize("signum", SIGNALS, ids=lambda signum: signal.Signals(signum).name)
 def test_sink_waiting_for_results_stops_on_the_signal(
-    launch: Launcher, endpoints: Endpoints, context: Context, signum: int
+    pipeline: Pipeline, context: Context, signum: int
 ) -> None:
-    ventilator = launch.script(
-        "server_pipeline.py",
-        "--bind",
-        endpoints.ipc("tasks"),
-        "--results",
-        endpoints.ipc("r"),
-        "--workers",
-        "1",
-        "--timeout",
-        str(WAIT),
-    )
-    ventilator.expect("^Waiting for 1 workers")
+    ventilator = pipeline.ventilator("--workers", "1", "--timeout", str(WAIT))
     # A worker that takes the tasks and never sends a result.
     tasks = context.socket(zmq.PULL)
-    tasks.connect(endpoints.ipc("tasks"))
+    tasks.connect(pipeline.tasks)
     receive(tasks)
     ventilator.expect("^Sent 100 tasks")
 
