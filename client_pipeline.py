@@ -58,6 +58,14 @@ def load_task(data: bytes) -> tuple[str, int]:
     return value
 
 
+def sleep(seconds: float) -> None:
+    """time.sleep in 0.1 s slices: a Ctrl-C that lands just before a long sleep begins would
+    otherwise be acted on only when the whole sleep is over."""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        time.sleep(min(remaining, 0.1))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description="Pipeline worker: pull tasks, simulate the work, push results to the sink."
@@ -117,7 +125,7 @@ def main() -> int:
                 print(f"Ignored a task: {error}", file=sys.stderr)
                 continue
             print(f"Task from {sender_name}: {workload_ms} ms")
-            time.sleep(workload_ms / 1000)
+            sleep(workload_ms / 1000)
             sender.send(pickle.dumps((worker_name, workload_ms)))
     except KeyboardInterrupt:
         print("Interrupted: shutting down.", file=sys.stderr)

@@ -28,6 +28,14 @@ import zmq
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 
 
+def sleep(seconds: float) -> None:
+    """time.sleep in 0.1 s slices: a Ctrl-C that lands just before a long sleep begins would
+    otherwise be acted on only when the whole sleep is over."""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        time.sleep(min(remaining, 0.1))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description="Publish-subscribe publisher: broadcast 'TIME' + the current time.",
@@ -78,7 +86,7 @@ def main() -> int:
             if not flat_out:
                 # Sleep to a schedule, not a fixed pause, so the rate holds whatever a send costs.
                 next_send += args.interval
-                time.sleep(max(0.0, next_send - time.monotonic()))
+                sleep(next_send - time.monotonic())
             message = "TIME" + time.asctime()
             publisher.send_string(message)
             if not flat_out:

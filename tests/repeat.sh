@@ -31,22 +31,27 @@ if $load; then
 fi
 
 uv sync --quiet
+log_folder=$(mktemp -d)
+echo "full output of each run: $log_folder"
 for run in $(seq "$runs"); do
-    if $parallel; then
-        uv run pytest -q -p no:cacheprovider >/tmp/repeat-a.$$ 2>&1 & first=$!
-        uv run pytest -q -p no:cacheprovider >/tmp/repeat-b.$$ 2>&1 & second=$!
-        status=0
-        wait "$first" || status=1
-        wait "$second" || status=1
-        tail -n 1 /tmp/repeat-a.$$ /tmp/repeat-b.$$
-        if [ $status -ne 0 ]; then
-            cat /tmp/repeat-a.$$ /tmp/repeat-b.$$
-            echo "run $run of $runs failed"
-            exit 1
-        fi
-        rm -f /tmp/repeat-a.$$ /tmp/repeat-b.$$
-    else
-        uv run pytest -q -p no:cacheprovider | tail -n 1 || { echo "run $run of $runs failed"; exit 1; }
+    copies=1
+    $parallel && copies=2
+    pids=()
+    for copy in $(seq "$copies"); do
+        uv run pytest -q -p no:cacheprovider >"$log_folder/run-$run-copy-$copy.txt" 2>&1 &
+        pids+=($!)
+    done
+    status=0
+    for pid in "${pids[@]}"; do
+        wait "$pid" || status=1
+    done
+    for copy in $(seq "$copies"); do
+        tail -n 1 "$log_folder/run-$run-copy-$copy.txt"
+    done
+    if [ $status -ne 0 ]; then
+        grep -h -A 60 -E "^(=+ FAILURES|_+ test)" "$log_folder"/run-"$run"-copy-*.txt | head -n 200
+        echo "run $run of $runs failed; full output in $log_folder"
+        exit 1
     fi
     echo "run $run of $runs passed"
 done
