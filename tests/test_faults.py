@@ -127,10 +127,12 @@ def test_a_second_server_on_a_taken_port_says_so_in_one_line(
     launch: Launcher, endpoints: Endpoints, server: str
 ) -> None:
     endpoint = endpoints.tcp()
-    first = launch.script(server, "--bind", endpoint)
+    # The pipeline's results endpoint too: its default port would collide with a parallel run.
+    results = ["--results", endpoints.ipc("results")] if server == "server_pipeline.py" else []
+    first = launch.script(server, "--bind", endpoint, *results)
     first.expect(r"^(Request-reply server|Publishing|Ventilator) on ")
 
-    second = launch.script(server, "--bind", endpoint)
+    second = launch.script(server, "--bind", endpoint, *results)
 
     assert second.wait() == 1, second.describe()
     assert second.lines["stderr"] == [f"Cannot bind: Address already in use (addr='{endpoint}')"]
