@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import time
 from pathlib import Path
 
@@ -163,7 +164,7 @@ def test_reply_server_answers_any_bytes(
     requester.send(request_bytes)
 
     assert receive(requester) == [request_bytes + b"*"]
-    assert f"Received {printed}" in server.lines["stdout"]
+    server.expect(f"^Received {re.escape(printed)}$")
     requester.send(b"next")
     assert receive(requester) == [b"next*"]
 
