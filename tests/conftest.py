@@ -139,6 +139,12 @@ class Launcher:
         """Run one of the repository's six scripts, as `python SCRIPT ARGS`."""
         return self.start([*prefix, sys.executable, str(ROOT / name), *args])
 
+    def reply_server(self, endpoint: str) -> Process:
+        """server_req_repl.py, once it is waiting for requests."""
+        process = self.script("server_req_repl.py", "--bind", endpoint)
+        process.expect(r"^Request-reply server on .*Waiting for requests")
+        return process
+
     def post_peer(self, name: str, *args: str) -> Process:
         """Run one of the post's snippets (tests/post_peers): they take the endpoint in argv."""
         return self.start([sys.executable, str(POST_PEERS / name), *args])

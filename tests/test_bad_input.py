@@ -110,8 +110,7 @@ def test_reply_server_disconnects_an_oversized_request_and_serves_the_others(
     launch: Launcher, endpoints: Endpoints, context: Context
 ) -> None:
     endpoint = endpoints.ipc("reqrep")
-    server = launch.script("server_req_repl.py", "--bind", endpoint)
-    server.expect("^Request-reply server on ")
+    server = launch.reply_server(endpoint)
     well_behaved = context.socket(zmq.REQ)
     well_behaved.connect(endpoint)
     greedy = context.socket(zmq.REQ)
@@ -156,8 +155,7 @@ def test_reply_server_answers_any_bytes(
     launch: Launcher, endpoints: Endpoints, context: Context, request_bytes: bytes, printed: str
 ) -> None:
     endpoint = endpoints.ipc("reqrep")
-    server = launch.script("server_req_repl.py", "--bind", endpoint)
-    server.expect("^Request-reply server on ")
+    server = launch.reply_server(endpoint)
     requester = context.socket(zmq.REQ)
     requester.connect(endpoint)
 
@@ -173,8 +171,7 @@ def test_reply_server_answers_a_multipart_request_with_an_error(
     launch: Launcher, endpoints: Endpoints, context: Context
 ) -> None:
     endpoint = endpoints.ipc("reqrep")
-    server = launch.script("server_req_repl.py", "--bind", endpoint)
-    server.expect("^Request-reply server on ")
+    server = launch.reply_server(endpoint)
     requester = context.socket(zmq.REQ)
     requester.connect(endpoint)
 

@@ -60,13 +60,11 @@ def test_a_killed_server_started_again_serves_the_next_client(
     launch: Launcher, endpoints: Endpoints
 ) -> None:
     endpoint = endpoints.tcp()
-    first = launch.script("server_req_repl.py", "--bind", endpoint)
-    first.expect("^Request-reply server on ")
+    first = launch.reply_server(endpoint)
     first.signal(signal.SIGKILL)
     first.wait()
 
-    second = launch.script("server_req_repl.py", "--bind", endpoint)
-    second.expect("^Request-reply server on ")
+    second = launch.reply_server(endpoint)
     client = launch.script("client_req_repl.py", "--connect", endpoint)
 
     assert client.wait() == 0, client.describe()
@@ -143,8 +141,7 @@ def test_ventilator_with_its_results_port_taken_says_so_in_one_line(
     launch: Launcher, endpoints: Endpoints
 ) -> None:
     taken = endpoints.tcp()
-    holder = launch.script("server_req_repl.py", "--bind", taken)
-    holder.expect("^Request-reply server on ")
+    launch.reply_server(taken)
 
     ventilator = launch.script(
         "server_pipeline.py", "--bind", endpoints.ipc("tasks"), "--results", taken

@@ -9,8 +9,7 @@ from conftest import Endpoints, Launcher, Pipeline
 
 def test_post_client_against_our_server(launch: Launcher, endpoints: Endpoints) -> None:
     endpoint = endpoints.ipc("reqrep")
-    server = launch.script("server_req_repl.py", "--bind", endpoint)
-    server.expect(r"^Request-reply server on ")
+    server = launch.reply_server(endpoint)
 
     post_client = launch.post_peer("client_req_repl.py", endpoint)
 

@@ -6,15 +6,12 @@ import os
 
 from conftest import Endpoints, Launcher
 
-READY = r"^Request-reply server on .*Waiting for requests"
-
 
 def test_client_gets_the_reply_and_its_stop_ends_the_server(
     launch: Launcher, endpoints: Endpoints
 ) -> None:
     endpoint = endpoints.ipc("reqrep")
-    server = launch.script("server_req_repl.py", "--bind", endpoint)
-    server.expect(READY)
+    server = launch.reply_server(endpoint)
 
     client = launch.script("client_req_repl.py", "--connect", endpoint)
 
@@ -30,8 +27,7 @@ def test_messages_are_sent_in_turn_and_each_reply_printed(
     launch: Launcher, endpoints: Endpoints
 ) -> None:
     endpoint = endpoints.ipc("reqrep")
-    server = launch.script("server_req_repl.py", "--bind", endpoint)
-    server.expect(READY)
+    server = launch.reply_server(endpoint)
 
     client = launch.script("client_req_repl.py", "--connect", endpoint, "one", "two", "three")
 
@@ -49,8 +45,7 @@ def test_no_stop_leaves_the_server_serving_the_next_client(
     launch: Launcher, endpoints: Endpoints
 ) -> None:
     endpoint = endpoints.ipc("reqrep")
-    server = launch.script("server_req_repl.py", "--bind", endpoint)
-    server.expect(READY)
+    server = launch.reply_server(endpoint)
 
     first = launch.script("client_req_repl.py", "--connect", endpoint, "--no-stop", "first")
     assert first.wait() == 0, first.describe()
@@ -67,8 +62,7 @@ def test_the_server_also_answers_stop_for_a_client_that_waits(
     launch: Launcher, endpoints: Endpoints
 ) -> None:
     endpoint = endpoints.ipc("reqrep")
-    server = launch.script("server_req_repl.py", "--bind", endpoint)
-    server.expect(READY)
+    server = launch.reply_server(endpoint)
 
     waiting_client = launch.python(
         "import sys, zmq\n"
@@ -87,8 +81,7 @@ def test_a_request_typed_in_any_encoding_is_sent_as_typed(
     launch: Launcher, endpoints: Endpoints
 ) -> None:
     endpoint = endpoints.ipc("reqrep")
-    server = launch.script("server_req_repl.py", "--bind", endpoint)
-    server.expect(READY)
+    launch.reply_server(endpoint)
 
     latin1 = os.fsdecode(b"caf\xe9")
     client = launch.script("client_req_repl.py", "--connect", endpoint, latin1, "café")
