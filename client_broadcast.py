@@ -18,27 +18,187 @@ Start the publisher in another terminal (in either order: the subscriber keeps t
 from __future__ import annotations
 
 import argparse
+import io
+import math
+import os
 import signal
 import sys
 import time
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
-
-
-def wait_for_message(socket: zmq.Socket[bytes], timeout: float | None = None) -> bool:
-    """Return True once `socket` has a message to receive, False after `timeout` seconds."""
-    # Poll in 0.1 s slices rather than block: a Ctrl-C that lands just before a blocking call
-    # begins is only acted on when that call returns.
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while not socket.poll(100):
-        if deadline is not None and time.monotonic() >= deadline:
-            return False
-    return True
+# The publisher's messages are about 30 bytes: a frame far bigger is not from it.
+MAX_MESSAGE_BYTES = 16 * 1024
 
 
 def main() -> int:
+    args = parse_arguments()
+    print_lines_as_they_come()
+    stop_on_first_signal()
+    try:
+        return print_messages(args)
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return output_closed()
+
+
+def print_messages(args: argparse.Namespace) -> int:
+    """The pattern: connect SUB, subscribe to a topic, then print each message that comes."""
+    with (
+        zmq.Context() as context,
+        context.socket(zmq.SUB) as subscriber,
+        subscriber.get_monitor_socket(Connection.EVENTS) as monitor,
+    ):
+        # All a SUB socket queues is its subscription: nothing worth waiting for at exit.
+        subscriber.setsockopt(zmq.LINGER, 0)
+        subscriber.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        drop_vanished_peers(subscriber)
+        try:
+            subscriber.connect(args.connect)
+        except zmq.ZMQError as error:
+            print(f"Cannot connect: {error}", file=sys.stderr)
+            return 1
+        # Without a subscription a SUB socket receives nothing at all. The bytes as typed.
+        subscriber.subscribe(os.fsencode(args.topic))
+        publisher = Connection(subscriber, monitor, args.connect, MAX_MESSAGE_BYTES)
+        topic = printable(args.topic)
+        print(f"Waiting for {args.count} messages starting with '{topic}' from {args.connect}.")
+
+        for _ in range(args.count):
+            if not publisher.wait_for_message(args.timeout):
+                print(publisher.why_nothing_came(args.timeout, topic), file=sys.stderr)
+                return 1
+            frames = subscriber.recv_multipart()
+            # Publishers may send any bytes: escape what is not UTF-8 or not printable.
+            text = " ".join(frame.decode("utf-8", errors="backslashreplace") for frame in frames)
+            print(printable(text, 300))
+        return 0
+
+
+class Connection:
+    """A connecting socket's link to its peer, as the socket monitor reports it."""
+
+    # libzmq retries a lost connection by itself, but not one it dropped for breaking the
+    # protocol (a frame over MAXMSGSIZE): without a new connect the socket would stay deaf.
+    EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+    GIVEN_UP_AFTER_SECONDS = 0.5
+
+    def __init__(
+        self, socket: zmq.Socket[bytes], monitor: zmq.Socket[bytes], endpoint: str, limit: int
+    ) -> None:
+        self.socket = socket
+        self.monitor = monitor
+        self.endpoint = endpoint
+        self.limit = limit
+        self.connected = self.ever_connected = False
+        self.lost_at: float | None = None
+
+    def update(self) -> None:
+        """Take the monitor's news, and connect again if libzmq has given up."""
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)["event"]
+            self.connected = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+            self.ever_connected |= self.connected
+            self.lost_at = time.monotonic() if event == zmq.EVENT_DISCONNECTED else None
+        if self.lost_at and time.monotonic() - self.lost_at > self.GIVEN_UP_AFTER_SECONDS:
+            print(
+                f"Dropped {self.endpoint} for breaking the protocol (a message over "
+                f"{self.limit:,} bytes?): connecting again.",
+                file=sys.stderr,
+            )
+            self.socket.disconnect(self.endpoint)
+            self.socket.connect(self.endpoint)
+            self.lost_at = None
+
+    def wait_for_message(self, timeout: float | None) -> bool:
+        """True once a message is there, False after `timeout` seconds (None: wait for ever)."""
+        # Poll in 0.1 s slices rather than block: a Ctrl-C that lands just before a blocking
+        # call begins is only acted on when that call returns.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.socket.poll(100):
+            self.update()
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+        return True
+
+    def why_nothing_came(self, timeout: float, topic: str) -> str:
+        waited = f"No message from {self.endpoint} within {timeout:g} s"
+        if not self.ever_connected:
+            return f"{waited}. Is the publisher running? Start it with: uv run server_broadcast.py"
+        if not self.connected:
+            return f"{waited}: the publisher went away and has not come back."
+        return f"{waited}: the publisher is up, but sent nothing starting with '{topic}'."
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """`text` on one line, cut to `limit` characters, with control characters escaped."""
+    shown = "".join(
+        character if character.isprintable() else character.encode("unicode_escape").decode()
+        for character in text[:limit]
+    )
+    return shown + "..." if len(text) > limit else shown
+
+
+def drop_vanished_peers(socket: zmq.Socket[bytes]) -> None:
+    """Drop a TCP peer within about five seconds of its host vanishing without a goodbye."""
+    # TCP keepalive, not ZMTP heartbeats: the peer's kernel answers it even while the peer is
+    # too busy to read, and a busy peer must not be cut off.
+    socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 2)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
+    # Keepalive is silent while sent data waits for an acknowledgement: bound that wait too.
+    socket.setsockopt(zmq.TCP_MAXRT, 5000)
+
+
+def print_lines_as_they_come() -> None:
+    """Flush each printed line, even into a pipe, and escape what the terminal cannot encode."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True, errors="backslashreplace")
+
+
+def stop_on_first_signal() -> None:
+    """Make Ctrl-C and SIGTERM raise KeyboardInterrupt once, and ignore any signal after it."""
+
+    def stop(signum: int, frame: object) -> None:
+        # `uv run` forwards the SIGTERM that its process group also got, and a second Ctrl-C
+        # may come during the shutdown: either would break the clean-up with a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
+def output_closed() -> int:
+    """Stop quietly when our output's reader has gone (| head), as command-line tools do."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
+
+
+def seconds(text: str) -> float:
+    """argparse type: a number of seconds above zero."""
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
+
+
+def at_least_one(text: str) -> int:
+    """argparse type: a whole number, 1 or more."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is less than 1")
+    return value
+
+
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Publish-subscribe subscriber: print the messages that start with a topic."
     )
@@ -54,53 +214,20 @@ def main() -> int:
         help="receive only messages that start with this prefix; '' receives all (default: TIME)",
     )
     parser.add_argument(
-        "--count", type=int, default=5, metavar="N", help="messages to print (default: 5)"
+        "--count",
+        type=at_least_one,
+        default=5,
+        metavar="N",
+        help="messages to print (default: 5)",
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=None,
         metavar="SECONDS",
         help="give up if no message arrives for this long (default: wait for ever)",
     )
-    args = parser.parse_args()
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-
-    context = zmq.Context()
-    subscriber = context.socket(zmq.SUB)
-    # All a SUB socket queues is its subscription: nothing worth waiting for at exit.
-    subscriber.setsockopt(zmq.LINGER, 0)
-    try:
-        subscriber.connect(args.connect)
-    except zmq.ZMQError as error:
-        print(f"Cannot connect: {error}", file=sys.stderr)
-        context.destroy(linger=0)
-        return 1
-    # Without a subscription a SUB socket receives nothing at all.
-    subscriber.setsockopt_string(zmq.SUBSCRIBE, args.topic)
-
-    try:
-        print(
-            f"Waiting for {args.count} messages starting with {args.topic!r} from {args.connect}."
-        )
-        for _ in range(args.count):
-            if not wait_for_message(subscriber, args.timeout):
-                print(
-                    f"No message from {args.connect} within {args.timeout:g} s. "
-                    "Is the publisher running? Start it with: uv run server_broadcast.py",
-                    file=sys.stderr,
-                )
-                return 1
-            frames = subscriber.recv_multipart()
-            # Publishers may send any bytes: show what is not UTF-8 instead of crashing on it.
-            print(" ".join(frame.decode("utf-8", errors="backslashreplace") for frame in frames))
-        return 0
-    except KeyboardInterrupt:
-        print("Interrupted.", file=sys.stderr)
-        return 130
-    finally:
-        subscriber.close()
-        context.term()
+    return parser.parse_args()
 
 
 if __name__ == "__main__":

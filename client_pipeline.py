@@ -6,8 +6,9 @@
 
 It connects a PULL socket to tcp://127.0.0.1:5557 for tasks and a PUSH socket to
 tcp://127.0.0.1:5558 for results. Each task is a pickled (name, workload) tuple; the worker
-sleeps for `workload` milliseconds to simulate the work, then sends (its own name, workload) to
-the sink. It runs until Ctrl-C or SIGTERM (exit code 130), and may start before the ventilator.
+sleeps for `workload` milliseconds to simulate the work, then sends (its own name, the task's
+name, workload) to the sink. It runs until Ctrl-C or SIGTERM (exit code 130), may start before the
+ventilator, and connects again whenever it loses the ventilator.
 
 Start the ventilator, then three workers, each in its own terminal:
 
@@ -21,41 +22,236 @@ import argparse
 import io
 import os
 import pickle
+import pickletools
 import platform
 import signal
 import sys
 import time
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 DEFAULT_TASKS_ENDPOINT = "tcp://127.0.0.1:5557"
 DEFAULT_RESULTS_ENDPOINT = "tcp://127.0.0.1:5558"
 MAX_MESSAGE_BYTES = 4096
 MAX_WORKLOAD_MS = 10_000
+MAX_NAME_CHARACTERS = 200
+# Every opcode that pickles a tuple of strings and small integers, at protocols 2 to 5.
+PLAIN_DATA_OPCODES = frozenset(
+    {
+        "PROTO", "FRAME", "STOP", "MARK", "TUPLE", "TUPLE2", "TUPLE3",
+        "SHORT_BINUNICODE", "BINUNICODE", "BININT", "BININT1", "BININT2",
+        "MEMOIZE", "BINPUT", "BINGET",
+    }
+)  # fmt: skip
 
 
-class RefuseGlobals(pickle.Unpickler):
-    """Unpickles plain data only (tuples, strings, numbers): every class and function is refused."""
+def main() -> int:
+    args = parse_arguments()
+    print_lines_as_they_come()
+    stop_on_first_signal()
+    try:
+        return work(args)
+    except KeyboardInterrupt:
+        print("Interrupted: shutting down.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return output_closed()
 
-    def find_class(self, module: str, name: str) -> type:
-        # A pickle rebuilds objects by calling globals it names, os.system included: allow none.
-        raise pickle.UnpicklingError(f"refused to load {module}.{name}")
 
-
-def load_task(data: bytes) -> tuple[str, int]:
-    """Return (sender name, workload in ms) from a task, or raise if it is anything else."""
-    value = RefuseGlobals(io.BytesIO(data)).load()
-    if not (
-        isinstance(value, tuple)
-        and len(value) == 2
-        and isinstance(value[0], str)
-        and type(value[1]) is int
-        and 0 <= value[1] <= MAX_WORKLOAD_MS
+def work(args: argparse.Namespace) -> int:
+    """The pattern: connect PULL to the ventilator and PUSH to the sink, then work for ever."""
+    with (
+        zmq.Context() as context,
+        context.socket(zmq.PULL) as receiver,
+        context.socket(zmq.PUSH) as sender,
+        receiver.get_monitor_socket(Connection.EVENTS) as monitor,
     ):
-        raise ValueError(
-            f"expected (name, workload from 0 to {MAX_WORKLOAD_MS} ms), got {value!r:.80}"
+        # Tasks are tiny: a bigger frame is not from our ventilator, and libzmq drops that peer.
+        receiver.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        receiver.setsockopt(zmq.LINGER, 0)
+        # At exit, queued results get half a second to reach the sink, then are dropped: a live
+        # sink takes them in milliseconds, and a dead one must not hold up Ctrl-C.
+        sender.setsockopt(zmq.LINGER, 500)
+        drop_vanished_peers(receiver)
+        drop_vanished_peers(sender)
+        for socket, endpoint in ((receiver, args.connect), (sender, args.results)):
+            try:
+                socket.connect(endpoint)
+            except zmq.ZMQError as error:
+                print(f"Cannot connect: {error}", file=sys.stderr)
+                return 1
+        print(
+            f"Worker {printable(args.name)}: tasks from {args.connect}, results to {args.results}."
         )
-    return value
+        print("Waiting for tasks (Ctrl-C to stop).")
+
+        ventilator = Connection(receiver, monitor, args.connect, MAX_MESSAGE_BYTES)
+        while True:
+            # Wait in 0.1 s slices, so that Ctrl-C is seen at once.
+            if not receiver.poll(100):
+                ventilator.update()
+                continue
+            try:
+                sender_name, workload_ms = load_task(receiver.recv_multipart())
+            except ValueError as error:
+                print(f"Ignored a task: {printable(str(error), 300)}", file=sys.stderr)
+                continue
+            print(f"Task from {printable(sender_name)}: {workload_ms} ms")
+            sleep(workload_ms / 1000)
+            send_when_there_is_room(sender, pickle.dumps((args.name, sender_name, workload_ms)))
+
+
+def send_when_there_is_room(sender: zmq.Socket[bytes], message: bytes) -> None:
+    """Send, waiting while the sink is away and 1,000 results already wait for it."""
+    while True:
+        try:
+            sender.send(message, zmq.NOBLOCK)
+            return
+        except zmq.Again:
+            # Wait in 0.1 s slices, so that Ctrl-C is seen at once.
+            sender.poll(100, zmq.POLLOUT)
+
+
+class Connection:
+    """A connecting socket's link to its peer, as the socket monitor reports it."""
+
+    # libzmq retries a lost connection by itself, but not one it dropped for breaking the
+    # protocol (a frame over MAXMSGSIZE): without a new connect the socket would stay deaf.
+    EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+    GIVEN_UP_AFTER_SECONDS = 0.5
+
+    def __init__(
+        self, socket: zmq.Socket[bytes], monitor: zmq.Socket[bytes], endpoint: str, limit: int
+    ) -> None:
+        self.socket = socket
+        self.monitor = monitor
+        self.endpoint = endpoint
+        self.limit = limit
+        self.connected = self.ever_connected = False
+        self.lost_at: float | None = None
+
+    def update(self) -> None:
+        """Take the monitor's news, and connect again if libzmq has given up."""
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)["event"]
+            self.connected = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+            self.ever_connected |= self.connected
+            self.lost_at = time.monotonic() if event == zmq.EVENT_DISCONNECTED else None
+        if self.lost_at and time.monotonic() - self.lost_at > self.GIVEN_UP_AFTER_SECONDS:
+            print(
+                f"Dropped {self.endpoint} for breaking the protocol (a message over "
+                f"{self.limit:,} bytes?): connecting again.",
+                file=sys.stderr,
+            )
+            self.socket.disconnect(self.endpoint)
+            self.socket.connect(self.endpoint)
+            self.lost_at = None
+
+
+def load_task(frames: list[bytes]) -> tuple[str, int]:
+    """(sender name, workload in ms) from a task message, or raise ValueError."""
+    if len(frames) != 1:
+        raise ValueError(f"expected 1 frame, got {len(frames)}")
+    value = load_plain_pickle(frames[0])
+    if not (isinstance(value, tuple) and len(value) == 2):
+        raise ValueError(f"expected (name, workload), got {describe(value)}")
+    sender_name, workload_ms = value
+    check_name(sender_name)
+    check_workload(workload_ms)
+    return sender_name, workload_ms
+
+
+def load_plain_pickle(data: bytes) -> object:
+    """Unpickle tuples, strings and small integers; refuse every other opcode before loading."""
+    # Other opcodes call functions (os.system), build objects or, like LONG_BINPUT, make the
+    # unpickler allocate gigabytes from a 9-byte message.
+    try:
+        opcodes = list(pickletools.genops(data))
+    except ValueError as error:
+        raise ValueError(f"not a pickle: {error}") from None
+    for opcode, argument, position in opcodes:
+        if opcode.name not in PLAIN_DATA_OPCODES:
+            raise ValueError(f"refused pickle opcode {opcode.name}: only plain data is loaded")
+        if opcode.name == "FRAME" and isinstance(argument, int) and argument > len(data):
+            raise ValueError("not a pickle: a frame longer than the message")
+        if opcode.name == "STOP" and position != len(data) - 1:
+            raise ValueError("not a pickle: bytes after its end")
+    try:
+        return pickle.loads(data)
+    except Exception as error:
+        raise ValueError(f"not a pickle: {error}") from None
+
+
+def check_name(name: object) -> None:
+    if not isinstance(name, str):
+        raise ValueError(f"expected a name, got {describe(name)}")
+    if len(name) > MAX_NAME_CHARACTERS:
+        raise ValueError(f"a name of {len(name)} characters: at most {MAX_NAME_CHARACTERS}")
+
+
+def check_workload(workload_ms: object) -> None:
+    if type(workload_ms) is not int:
+        raise ValueError(f"expected a workload in ms, got {describe(workload_ms)}")
+    if not 0 <= workload_ms <= MAX_WORKLOAD_MS:
+        raise ValueError(f"workload {workload_ms} ms is outside 0 to {MAX_WORKLOAD_MS} ms")
+
+
+def describe(value: object) -> str:
+    """What `value` is, in a few words, without formatting all of it (repr can take minutes)."""
+    if isinstance(value, tuple):
+        kinds = ", ".join(type(item).__name__ for item in value[:4])
+        return f"a tuple of {len(value)} ({kinds}{', ...' if len(value) > 4 else ''})"
+    kind = type(value).__name__
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """`text` on one line, cut to `limit` characters, with control characters escaped."""
+    shown = "".join(
+        character if character.isprintable() else character.encode("unicode_escape").decode()
+        for character in text[:limit]
+    )
+    return shown + "..." if len(text) > limit else shown
+
+
+def drop_vanished_peers(socket: zmq.Socket[bytes]) -> None:
+    """Drop a TCP peer within about five seconds of its host vanishing without a goodbye."""
+    # TCP keepalive, not ZMTP heartbeats: the peer's kernel answers it even while the peer is
+    # too busy to read, and a busy peer must not be cut off.
+    socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 2)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
+    # Keepalive is silent while sent data waits for an acknowledgement: bound that wait too.
+    socket.setsockopt(zmq.TCP_MAXRT, 5000)
+
+
+def print_lines_as_they_come() -> None:
+    """Flush each printed line, even into a pipe, and escape what the terminal cannot encode."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True, errors="backslashreplace")
+
+
+def stop_on_first_signal() -> None:
+    """Make Ctrl-C and SIGTERM raise KeyboardInterrupt once, and ignore any signal after it."""
+
+    def stop(signum: int, frame: object) -> None:
+        # `uv run` forwards the SIGTERM that its process group also got, and a second Ctrl-C
+        # may come during the shutdown: either would break the clean-up with a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
+def output_closed() -> int:
+    """Stop quietly when our output's reader has gone (| head), as command-line tools do."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
 
 
 def sleep(seconds: float) -> None:
@@ -66,12 +262,15 @@ def sleep(seconds: float) -> None:
         time.sleep(min(remaining, 0.1))
 
 
-def main() -> int:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Pipeline worker: pull tasks, simulate the work, push results to the sink."
     )
     parser.add_argument(
-        "name", nargs="?", default=None, help="name sent with every result (default: HOST-PID)"
+        "name",
+        nargs="?",
+        default=f"{platform.node()}-{os.getpid()}",
+        help="name sent with every result (default: HOST-PID)",
     )
     parser.add_argument(
         "--connect",
@@ -86,54 +285,9 @@ def main() -> int:
         help=f"sink endpoint to push results to (default: {DEFAULT_RESULTS_ENDPOINT})",
     )
     args = parser.parse_args()
-    worker_name = args.name or f"{platform.node()}-{os.getpid()}"
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-
-    context = zmq.Context()
-    receiver = context.socket(zmq.PULL)
-    sender = context.socket(zmq.PUSH)
-    # Tasks are tiny: a bigger message is not from our ventilator, and libzmq drops that peer.
-    receiver.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-    receiver.setsockopt(zmq.LINGER, 0)
-    # Block for 0.1 s at most per call: a Ctrl-C that lands just before a blocking call begins
-    # is only acted on when the call returns.
-    receiver.setsockopt(zmq.RCVTIMEO, 100)
-    # At exit, queued results get half a second to reach the sink, then are dropped: a live sink
-    # takes them in milliseconds, and a dead one must not hold up Ctrl-C.
-    sender.setsockopt(zmq.LINGER, 500)
-    for socket, endpoint in ((receiver, args.connect), (sender, args.results)):
-        try:
-            socket.connect(endpoint)
-        except zmq.ZMQError as error:
-            print(f"Cannot connect: {error}", file=sys.stderr)
-            context.destroy(linger=0)
-            return 1
-
-    try:
-        print(f"Worker {worker_name}: tasks from {args.connect}, results to {args.results}.")
-        print("Waiting for tasks (Ctrl-C to stop).")
-        while True:
-            try:
-                frames = receiver.recv_multipart()
-            except zmq.Again:
-                continue
-            try:
-                if len(frames) != 1:
-                    raise ValueError(f"expected 1 frame, got {len(frames)}")
-                sender_name, workload_ms = load_task(frames[0])
-            except Exception as error:
-                print(f"Ignored a task: {error}", file=sys.stderr)
-                continue
-            print(f"Task from {sender_name}: {workload_ms} ms")
-            sleep(workload_ms / 1000)
-            sender.send(pickle.dumps((worker_name, workload_ms)))
-    except KeyboardInterrupt:
-        print("Interrupted: shutting down.", file=sys.stderr)
-        return 130
-    finally:
-        receiver.close()
-        sender.close()
-        context.term()
+    if len(args.name) > MAX_NAME_CHARACTERS:
+        parser.error(f"NAME is {len(args.name)} characters long: at most {MAX_NAME_CHARACTERS}")
+    return args
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 
 It connects to tcp://127.0.0.1:5555, sends each MESSAGE in turn (by default "Hello world 1", as in
 the post) and waits for each reply, then sends STOP, which ends the server, unless --no-stop is
-given. If no reply comes within --timeout seconds it says so and exits with code 1.
+given. If no reply comes within --timeout seconds it says why it thinks so and exits with code 1.
 
 Start the server first, in another terminal:
 
@@ -17,28 +17,185 @@ Start the server first, in another terminal:
 from __future__ import annotations
 
 import argparse
+import io
+import math
 import os
 import signal
 import sys
 import time
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
-
-
-def wait_for_message(socket: zmq.Socket[bytes], timeout: float | None = None) -> bool:
-    """Return True once `socket` has a message to receive, False after `timeout` seconds."""
-    # Poll in 0.1 s slices rather than block: a Ctrl-C that lands just before a blocking call
-    # begins is only acted on when that call returns.
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while not socket.poll(100):
-        if deadline is not None and time.monotonic() >= deadline:
-            return False
-    return True
+# The server takes requests of up to 64 KiB and replies with one byte more.
+MAX_REPLY_BYTES = 64 * 1024 + 1
+CONNECTION_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
 
 def main() -> int:
+    args = parse_arguments()
+    print_lines_as_they_come()
+    stop_on_first_signal()
+    try:
+        return request_and_print_replies(args)
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return output_closed()
+
+
+def request_and_print_replies(args: argparse.Namespace) -> int:
+    """The pattern: connect REQ, then send each request and wait for its reply."""
+    with (
+        zmq.Context() as context,
+        context.socket(zmq.REQ) as requester,
+        requester.get_monitor_socket(CONNECTION_EVENTS) as monitor,
+    ):
+        # Nothing is worth delivering at exit: every request has had its reply or been given up.
+        requester.setsockopt(zmq.LINGER, 0)
+        # A reply much bigger than any request is not from our server: libzmq drops that peer.
+        requester.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
+        drop_vanished_peers(requester)
+        try:
+            requester.connect(args.connect)
+        except zmq.ZMQError as error:
+            print(f"Cannot connect: {error}", file=sys.stderr)
+            return 1
+        server = Connection(monitor, args.connect)
+
+        for message in args.messages:
+            # The bytes exactly as typed, even ones that are not UTF-8.
+            requester.send(os.fsencode(message))
+            # A finite wait for each reply: REQ would otherwise block for ever with no server.
+            if not server.wait_for_reply(requester, args.timeout):
+                print(server.why_no_reply(args.timeout), file=sys.stderr)
+                return 1
+            reply = requester.recv_multipart()
+            print(f"Received reply {printable_frames(reply)}")
+        if args.no_stop:
+            return 0
+        requester.send(b"STOP")
+        return server.confirm_stop(requester, args.timeout)
+
+
+class Connection:
+    """What the socket monitor tells about the connection to the server."""
+
+    def __init__(self, monitor: zmq.Socket[bytes], endpoint: str) -> None:
+        self.monitor = monitor
+        self.endpoint = endpoint
+        self.connected = self.ever_connected = False
+
+    def update(self) -> None:
+        while self.monitor.poll(0):
+            self.connected = recv_monitor_message(self.monitor)["event"] != zmq.EVENT_DISCONNECTED
+            self.ever_connected |= self.connected
+
+    def wait_for_reply(self, requester: zmq.Socket[bytes], timeout: float) -> bool:
+        """True once a reply is there, False after `timeout` seconds."""
+        # Poll in 0.1 s slices rather than block: a Ctrl-C that lands just before a blocking
+        # call begins is only acted on when that call returns.
+        deadline = time.monotonic() + timeout
+        while not requester.poll(100):
+            self.update()
+            if time.monotonic() >= deadline:
+                return False
+        return True
+
+    def why_no_reply(self, timeout: float) -> str:
+        waited = f"No reply from {self.endpoint} within {timeout:g} s"
+        if not self.ever_connected:
+            return f"{waited}. Is the server running? Start it with: uv run server_req_repl.py"
+        if not self.connected:
+            return (
+                f"{waited}: the connection was lost (the server stopped, or refused a request "
+                "over its size limit)."
+            )
+        return f"{waited}: the server is connected but has not answered."
+
+    def confirm_stop(self, requester: zmq.Socket[bytes], timeout: float) -> int:
+        """Wait for the server to answer STOP (ours does) or close the connection (the post's)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if requester.poll(100):
+                reply = printable_frames(requester.recv_multipart())
+                print(f"Sent STOP: the server confirmed it ({reply}) and shuts down.")
+                return 0
+            self.update()
+            if not self.connected:
+                print("Sent STOP: the server closed the connection.")
+                return 0
+        print(
+            f"Sent STOP, but within {timeout:g} s the server neither confirmed it nor closed "
+            "the connection.",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def printable_frames(frames: list[bytes]) -> str:
+    """One line for a message: each frame as a bytes literal, at most three of them."""
+    shown = " + ".join(printable_bytes(frame) for frame in frames[:3])
+    return shown if len(frames) <= 3 else f"{shown} + ... ({len(frames)} frames)"
+
+
+def printable_bytes(data: bytes, limit: int = 200) -> str:
+    """`data` as a bytes literal (escapes for all but printable ASCII), cut after `limit` bytes."""
+    if len(data) <= limit:
+        return repr(data)
+    return f"{data[:limit]!r}... ({len(data):,} bytes)"
+
+
+def drop_vanished_peers(socket: zmq.Socket[bytes]) -> None:
+    """Drop a TCP peer within about five seconds of its host vanishing without a goodbye."""
+    # TCP keepalive, not ZMTP heartbeats: the peer's kernel answers it even while the peer is
+    # too busy to read, and a busy peer must not be cut off.
+    socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 2)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
+    # Keepalive is silent while sent data waits for an acknowledgement: bound that wait too.
+    socket.setsockopt(zmq.TCP_MAXRT, 5000)
+
+
+def print_lines_as_they_come() -> None:
+    """Flush each printed line, even into a pipe, and escape what the terminal cannot encode."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True, errors="backslashreplace")
+
+
+def stop_on_first_signal() -> None:
+    """Make Ctrl-C and SIGTERM raise KeyboardInterrupt once, and ignore any signal after it."""
+
+    def stop(signum: int, frame: object) -> None:
+        # `uv run` forwards the SIGTERM that its process group also got, and a second Ctrl-C
+        # may come during the shutdown: either would break the clean-up with a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
+def output_closed() -> int:
+    """Stop quietly when our output's reader has gone (| head), as command-line tools do."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
+
+
+def seconds(text: str) -> float:
+    """argparse type: a number of seconds above zero."""
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
+
+
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Request-reply client: send requests, print replies, then send STOP."
     )
@@ -57,7 +214,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=5.0,
         metavar="SECONDS",
         help="how long to wait for each reply before giving up (default: 5)",
@@ -65,48 +222,7 @@ def main() -> int:
     parser.add_argument(
         "--no-stop", action="store_true", help="leave the server running: do not send STOP"
     )
-    args = parser.parse_args()
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-
-    context = zmq.Context()
-    requester = context.socket(zmq.REQ)
-    # At exit, STOP gets up to two seconds to reach the server: closing must not drop it, nor hang.
-    requester.setsockopt(zmq.LINGER, 2000)
-    try:
-        requester.connect(args.connect)
-    except zmq.ZMQError as error:
-        print(f"Cannot connect: {error}", file=sys.stderr)
-        context.destroy(linger=0)
-        return 1
-
-    try:
-        for message in args.messages:
-            # The bytes exactly as typed, even ones that are not UTF-8.
-            requester.send(os.fsencode(message))
-            # A finite wait for each reply: REQ would otherwise block forever with no server.
-            if not wait_for_message(requester, args.timeout):
-                print(
-                    f"No reply from {args.connect} within {args.timeout:g} s. "
-                    "Is the server running? Start it with: uv run server_req_repl.py",
-                    file=sys.stderr,
-                )
-                # Nobody will take the queued request: do not wait for it at exit.
-                requester.setsockopt(zmq.LINGER, 0)
-                return 1
-            reply = requester.recv()
-            print(f"Received reply {reply!r}")
-        if not args.no_stop:
-            # The reply to STOP is not needed (the post's server sends none): LINGER delivers STOP.
-            requester.send_string("STOP")
-            print("Sent STOP: the server shuts down.")
-        return 0
-    except KeyboardInterrupt:
-        print("Interrupted.", file=sys.stderr)
-        requester.setsockopt(zmq.LINGER, 0)
-        return 130
-    finally:
-        requester.close()
-        context.term()
+    return parser.parse_args()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,10 @@ Run it, then one or more subscribers in other terminals:
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
+import math
+import os
 import signal
 import sys
 import time
@@ -26,6 +29,67 @@ import time
 import zmq
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
+# Subscribers send only their subscriptions, which are short.
+MAX_SUBSCRIPTION_BYTES = 4096
+
+
+def main() -> int:
+    args = parse_arguments()
+    print_lines_as_they_come()
+    stop_on_first_signal()
+    try:
+        return publish(args)
+    except KeyboardInterrupt:
+        print("Interrupted: shutting down.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return output_closed()
+
+
+def publish(args: argparse.Namespace) -> int:
+    """The pattern: bind PUB, then send a message every interval to whoever is subscribed."""
+    with zmq.Context() as context, context.socket(zmq.PUB) as publisher:
+        # At exit, give queued messages half a second to leave, then drop them: never hang on a
+        # slow subscriber.
+        publisher.setsockopt(zmq.LINGER, 500)
+        # Anyone who can connect can subscribe: libzmq drops a peer whose frame is over the cap.
+        publisher.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
+        drop_vanished_peers(publisher)
+        try:
+            publisher.bind(args.bind)
+        except zmq.ZMQError as error:
+            print(f"Cannot bind: {error}", file=sys.stderr)
+            return 1
+        print(f"Publishing on {args.bind} every {args.interval:g} s (Ctrl-C to stop).")
+
+        flat_out = args.interval == 0
+        numbers = itertools.count(1) if args.count is None else range(1, args.count + 1)
+        scheduled = time.monotonic()
+        for number in numbers:
+            if not flat_out:
+                scheduled = sleep_until_next(scheduled, args.interval)
+            message = "TIME" + time.asctime()
+            publisher.send_string(message)
+            if not flat_out:
+                print(f"Sent {message}")
+            elif number % 100_000 == 0:
+                # Flat out, a line per message would swamp the terminal and slow the loop down.
+                print(f"Sent {number} messages, the last: {message}")
+        if flat_out:
+            print(f"Sent {args.count} messages.")
+        return 0
+
+
+def sleep_until_next(scheduled: float, interval: float) -> float:
+    """Sleep until `interval` after `scheduled`, and return that moment."""
+    # To a schedule, not a fixed pause, so the rate holds whatever a send costs.
+    scheduled += interval
+    if scheduled < time.monotonic():
+        # After a pause (SIGSTOP, a suspended laptop), start afresh rather than catch up in a
+        # burst of every message missed.
+        scheduled = time.monotonic() + interval
+    sleep(scheduled - time.monotonic())
+    return scheduled
 
 
 def sleep(seconds: float) -> None:
@@ -36,7 +100,62 @@ def sleep(seconds: float) -> None:
         time.sleep(min(remaining, 0.1))
 
 
-def main() -> int:
+def drop_vanished_peers(socket: zmq.Socket[bytes]) -> None:
+    """Drop a TCP peer within about five seconds of its host vanishing without a goodbye."""
+    # TCP keepalive, not ZMTP heartbeats: the peer's kernel answers it even while the peer is
+    # too busy to read, and a busy peer must not be cut off.
+    socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 2)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
+    # Keepalive is silent while sent data waits for an acknowledgement: bound that wait too.
+    socket.setsockopt(zmq.TCP_MAXRT, 5000)
+
+
+def print_lines_as_they_come() -> None:
+    """Flush each printed line, even into a pipe, and escape what the terminal cannot encode."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True, errors="backslashreplace")
+
+
+def stop_on_first_signal() -> None:
+    """Make Ctrl-C and SIGTERM raise KeyboardInterrupt once, and ignore any signal after it."""
+
+    def stop(signum: int, frame: object) -> None:
+        # `uv run` forwards the SIGTERM that its process group also got, and a second Ctrl-C
+        # may come during the shutdown: either would break the clean-up with a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
+def output_closed() -> int:
+    """Stop quietly when our output's reader has gone (| head), as command-line tools do."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
+
+
+def at_least_one(text: str) -> int:
+    """argparse type: a whole number, 1 or more."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is less than 1")
+    return value
+
+
+def seconds_or_zero(text: str) -> float:
+    """argparse type: a number of seconds, 0 or more."""
+    value = float(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, 0 or more")
+    return value
+
+
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Publish-subscribe publisher: broadcast 'TIME' + the current time.",
         epilog="Other machines cannot reach the default endpoint; pass --bind tcp://*:5556 to "
@@ -50,7 +169,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--interval",
-        type=float,
+        type=seconds_or_zero,
         default=5.0,
         metavar="SECONDS",
         help="pause between messages (default: 5); 0 publishes as fast as possible and prints "
@@ -58,51 +177,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--count",
-        type=int,
+        type=at_least_one,
         default=None,
         metavar="N",
         help="stop after N messages (default: publish until stopped)",
     )
-    args = parser.parse_args()
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-
-    context = zmq.Context()
-    publisher = context.socket(zmq.PUB)
-    # At exit, give queued messages one second to leave, then drop them: never hang on a slow peer.
-    publisher.setsockopt(zmq.LINGER, 1000)
-    try:
-        publisher.bind(args.bind)
-    except zmq.ZMQError as error:
-        print(f"Cannot bind: {error}", file=sys.stderr)
-        context.destroy(linger=0)
-        return 1
-
-    try:
-        print(f"Publishing on {args.bind} every {args.interval:g} s (Ctrl-C to stop).")
-        flat_out = args.interval == 0
-        numbers = itertools.count(1) if args.count is None else range(1, args.count + 1)
-        next_send = time.monotonic()
-        for number in numbers:
-            if not flat_out:
-                # Sleep to a schedule, not a fixed pause, so the rate holds whatever a send costs.
-                next_send += args.interval
-                sleep(next_send - time.monotonic())
-            message = "TIME" + time.asctime()
-            publisher.send_string(message)
-            if not flat_out:
-                print(f"Sent {message}")
-            elif number % 100_000 == 0:
-                # Flat out, a line per message would swamp the terminal and slow the loop down.
-                print(f"Sent {number} messages, the last: {message}")
-        if flat_out:
-            print(f"Sent {args.count} messages.")
-        return 0
-    except KeyboardInterrupt:
-        print("Interrupted: shutting down.", file=sys.stderr)
-        return 130
-    finally:
-        publisher.close()
-        context.term()
+    return parser.parse_args()
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@
 It binds a PUSH socket on tcp://127.0.0.1:5557 for tasks and a PULL socket on
 tcp://127.0.0.1:5558 for results. It waits until --workers workers (3 by default) have connected,
 then sends --tasks tasks (100), each a pickled (NAME, workload) tuple with a workload of 1-100
-milliseconds of simulated work. PUSH deals the tasks round-robin to the connected workers. Once
-every result is back it prints a summary and exits 0; if results stop coming for --timeout seconds
-it says how many are missing and exits 1. Ctrl-C or SIGTERM stop it with exit code 130.
+milliseconds of simulated work. PUSH deals the tasks round-robin to the connected workers; each
+result names the worker, the run (NAME) and the workload. Once every result is back it prints a
+summary and exits 0; if results stop coming for --timeout seconds it says how many are missing and
+exits 1. Ctrl-C or SIGTERM stop it with exit code 130.
 
 Start it, then three workers, each in its own terminal:
 
@@ -21,8 +22,12 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
+import os
 import pickle
+import pickletools
 import random
+import secrets
 import signal
 import sys
 import time
@@ -35,72 +40,334 @@ DEFAULT_TASKS_ENDPOINT = "tcp://127.0.0.1:5557"
 DEFAULT_RESULTS_ENDPOINT = "tcp://127.0.0.1:5558"
 MAX_MESSAGE_BYTES = 4096
 MAX_WORKLOAD_MS = 10_000
-HANDSHAKE_FAILED = (
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
-
-
-class RefuseGlobals(pickle.Unpickler):
-    """Unpickles plain data only (tuples, strings, numbers): every class and function is refused."""
-
-    def find_class(self, module: str, name: str) -> type:
-        # A pickle rebuilds objects by calling globals it names, os.system included: allow none.
-        raise pickle.UnpicklingError(f"refused to load {module}.{name}")
-
-
-def load_result(data: bytes) -> tuple[str, int]:
-    """Return (worker name, workload in ms) from a result, or raise if it is anything else."""
-    value = RefuseGlobals(io.BytesIO(data)).load()
-    if not (
-        isinstance(value, tuple)
-        and len(value) == 2
-        and isinstance(value[0], str)
-        and type(value[1]) is int
-        and 0 <= value[1] <= MAX_WORKLOAD_MS
-    ):
-        raise ValueError(
-            f"expected (name, workload from 0 to {MAX_WORKLOAD_MS} ms), got {value!r:.80}"
-        )
-    return value
-
-
-def wait_for_message(socket: zmq.Socket[bytes], timeout: float | None = None) -> bool:
-    """Return True once `socket` has a message to receive, False after `timeout` seconds."""
-    # Poll in 0.1 s slices rather than block: a Ctrl-C that lands just before a blocking call
-    # begins is only acted on when that call returns.
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while not socket.poll(100):
-        if deadline is not None and time.monotonic() >= deadline:
-            return False
-    return True
-
-
-def wait_for_workers(monitor: zmq.Socket[bytes], wanted: int) -> None:
-    """Block until `wanted` workers have completed the ZeroMQ handshake with the ventilator."""
-    connected = 0
-    # A peer that fails its handshake (a port scanner, a stray HTTP client) was never counted,
-    # but its DISCONNECTED event comes all the same, right after the failure.
-    failed_handshakes = 0
-    print(f"Waiting for {wanted} workers to connect.")
-    while connected < wanted:
-        wait_for_message(monitor)
-        event = recv_monitor_message(monitor)["event"]
-        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            connected += 1
-        elif event != zmq.EVENT_DISCONNECTED:
-            failed_handshakes += 1
-            continue
-        elif failed_handshakes:
-            failed_handshakes -= 1
-            continue
-        else:
-            connected -= 1
-        print(f"Workers connected: {connected} of {wanted}")
+MAX_NAME_CHARACTERS = 200
+# Start sending once no worker has joined for this long: workers started before the ventilator
+# retry every 0.1 s, and each should get its share.
+JOIN_QUIET_SECONDS = 0.2
+WORKER_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+# Every opcode that pickles a tuple of strings and small integers, at protocols 2 to 5.
+PLAIN_DATA_OPCODES = frozenset(
+    {
+        "PROTO", "FRAME", "STOP", "MARK", "TUPLE", "TUPLE2", "TUPLE3",
+        "SHORT_BINUNICODE", "BINUNICODE", "BININT", "BININT1", "BININT2",
+        "MEMOIZE", "BINPUT", "BINGET",
+    }
+)  # fmt: skip
 
 
 def main() -> int:
+    args = parse_arguments()
+    print_lines_as_they_come()
+    stop_on_first_signal()
+    try:
+        return ventilate_and_collect(args)
+    except KeyboardInterrupt:
+        print("Interrupted: shutting down.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return output_closed()
+
+
+def ventilate_and_collect(args: argparse.Namespace) -> int:
+    """The pattern: bind PUSH and PULL, wait for the workers, then send tasks and take results."""
+    with (
+        zmq.Context() as context,
+        context.socket(zmq.PUSH) as ventilator,
+        context.socket(zmq.PULL) as sink,
+        # PUSH deals tasks only to the workers it has when it sends: count them from the start.
+        ventilator.get_monitor_socket(WORKER_EVENTS) as monitor,
+    ):
+        # A ZAP domain makes libzmq refuse peers that speak ZMTP 1.0 or 2.0 (an HTTP client, say):
+        # PUSH would deal them tasks, and no handshake event would announce them.
+        ventilator.setsockopt(zmq.ZAP_DOMAIN, b"pipeline")
+        # Unsent tasks are worthless once the run is over or given up: never wait for them at exit.
+        ventilator.setsockopt(zmq.LINGER, 0)
+        sink.setsockopt(zmq.LINGER, 0)
+        # Anyone who can connect can send results: libzmq drops a peer whose frame is too big.
+        sink.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        drop_vanished_peers(ventilator)
+        drop_vanished_peers(sink)
+        for socket, endpoint in ((ventilator, args.bind), (sink, args.results)):
+            try:
+                socket.bind(endpoint)
+            except zmq.ZMQError as error:
+                print(f"Cannot bind: {error}", file=sys.stderr)
+                return 1
+        print(f"Ventilator on {args.bind}, sink on {args.results} (Ctrl-C to stop).")
+        workers = Workers(monitor)
+        workers.wait_for(args.workers)
+
+        run = Run(args.name, args.tasks)
+        poller = zmq.Poller()
+        poller.register(sink, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        while run.unanswered():
+            # Offer tasks only while some are unsent, and only when a worker's queue has room.
+            poller.register(ventilator, zmq.POLLOUT if run.unsent else 0)
+            ready = dict(poller.poll(100))
+            if ventilator in ready:
+                send_while_there_is_room(ventilator, run)
+            if sink in ready:
+                run.take(sink.recv_multipart())
+            if monitor in ready:
+                workers.update()
+            if run.seconds_without_results() > args.timeout:
+                run.report_missing(args.timeout)
+                return 1
+        run.print_summary()
+        return 0
+
+
+def send_while_there_is_room(ventilator: zmq.Socket[bytes], run: Run) -> None:
+    """Send unsent tasks until every worker's queue is full or none are left."""
+    while run.unsent:
+        workload_ms = run.unsent[-1]
+        try:
+            ventilator.send(pickle.dumps((run.name, workload_ms)), zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        run.sent(workload_ms)
+
+
+class Workers:
+    """How many workers are connected, from the task socket's monitor events."""
+
+    def __init__(self, monitor: zmq.Socket[bytes]) -> None:
+        self.monitor = monitor
+        self.handshaking: list[int] = []
+        self.connected: set[int] = set()
+
+    def wait_for(self, wanted: int) -> None:
+        """Return once `wanted` workers are connected and no other has joined for a moment."""
+        print(f"Waiting for {plural(wanted, 'worker')} to connect.")
+        while len(self.connected) < wanted:
+            if self.monitor.poll(100):
+                self.update(wanted)
+        while self.monitor.poll(int(JOIN_QUIET_SECONDS * 1000)):
+            self.update(wanted)
+
+    def update(self, wanted: int | None = None) -> None:
+        """Take one monitor event and print the count when it changes."""
+        event = recv_monitor_message(self.monitor)
+        fd = event["value"]
+        before = len(self.connected)
+        if event["event"] == zmq.EVENT_ACCEPTED:
+            self.handshaking.append(fd)
+        elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED and self.handshaking:
+            # libzmq does not say which connection finished its handshake: the one accepted
+            # last is the likeliest, as a handshake takes milliseconds.
+            self.connected.add(self.handshaking.pop())
+        elif event["event"] == zmq.EVENT_DISCONNECTED:
+            # A connection that never finished its handshake (a port scanner) was never a worker.
+            self.connected.discard(fd)
+            if fd in self.handshaking:
+                self.handshaking.remove(fd)
+        if len(self.connected) == before:
+            return
+        if wanted is not None:
+            of_wanted = f" of {wanted}" if len(self.connected) <= wanted else ""
+            print(f"Workers connected: {len(self.connected)}{of_wanted}")
+        elif len(self.connected) > before:
+            print(f"A worker joined: {len(self.connected)} connected.")
+        else:
+            print(f"A worker left: {len(self.connected)} connected.", file=sys.stderr)
+
+
+class Run:
+    """The tasks of one run: which are still to send, which wait for a result, who did what."""
+
+    def __init__(self, name: str, tasks: int) -> None:
+        self.name = name
+        self.tasks = tasks
+        self.unsent = [random.randint(1, 100) for _ in range(tasks)]
+        self.total_work_ms = sum(self.unsent)
+        # Tasks of equal workload are interchangeable: a result answers any one of them.
+        self.awaiting: Counter[int] = Counter()
+        self.received = 0
+        self.tasks_per_worker: Counter[str] = Counter()
+        self.started = self.last_result = time.monotonic()
+
+    def unanswered(self) -> int:
+        return self.tasks - self.received
+
+    def sent(self, workload_ms: int) -> None:
+        self.unsent.pop()
+        self.awaiting[workload_ms] += 1
+        if not self.unsent:
+            print(f"Sent {self.tasks} tasks, {self.total_work_ms} ms of work in all.")
+
+    def take(self, frames: list[bytes]) -> None:
+        """Count one result, or say in one line why it is refused."""
+        try:
+            worker_name, workload_ms = self.check(load_result(frames))
+        except ValueError as error:
+            print(f"Ignored a result: {printable(str(error), 300)}", file=sys.stderr)
+            return
+        self.awaiting[workload_ms] -= 1
+        self.received += 1
+        self.tasks_per_worker[worker_name] += 1
+        self.last_result = time.monotonic()
+        print(
+            f"Result {self.received}/{self.tasks} from {printable(worker_name)}: {workload_ms} ms"
+        )
+
+    def check(self, result: tuple[str, str, int]) -> tuple[str, int]:
+        """(worker name, workload) of a result that answers a task of this run, or raise."""
+        worker_name, run_name, workload_ms = result
+        if run_name != self.name:
+            raise ValueError(f"it answers another run's task ({printable(run_name)})")
+        if self.awaiting[workload_ms] <= 0:
+            raise ValueError(f"no task of {workload_ms} ms is waiting for a result")
+        return worker_name, workload_ms
+
+    def seconds_without_results(self) -> float:
+        return time.monotonic() - self.last_result
+
+    def report_missing(self, timeout: float) -> None:
+        missing = self.unanswered()
+        print(
+            f"No result for {timeout:g} s: {missing} of {self.tasks} results missing.",
+            file=sys.stderr,
+        )
+
+    def print_summary(self) -> None:
+        elapsed = time.monotonic() - self.started
+        print(f"All {self.tasks} results in.")
+        for worker_name, count in sorted(self.tasks_per_worker.items()):
+            print(f"  {printable(worker_name)}: {count} tasks")
+        workers = len(self.tasks_per_worker)
+        ideal = self.total_work_ms / 1000 / workers
+        print(f"Total simulated work: {self.total_work_ms / 1000:.2f} s")
+        print(f"Elapsed: {elapsed:.2f} s (ideal with {plural(workers, 'worker')}: {ideal:.2f} s)")
+
+
+def load_result(frames: list[bytes]) -> tuple[str, str, int]:
+    """(worker name, run name, workload in ms) from a result message, or raise ValueError."""
+    if len(frames) != 1:
+        raise ValueError(f"expected 1 frame, got {len(frames)}")
+    value = load_plain_pickle(frames[0])
+    if not (isinstance(value, tuple) and len(value) == 3):
+        raise ValueError(f"expected (worker, run, workload), got {describe(value)}")
+    worker_name, run_name, workload_ms = value
+    check_name(worker_name)
+    check_name(run_name)
+    check_workload(workload_ms)
+    return worker_name, run_name, workload_ms
+
+
+def load_plain_pickle(data: bytes) -> object:
+    """Unpickle tuples, strings and small integers; refuse every other opcode before loading."""
+    # Other opcodes call functions (os.system), build objects or, like LONG_BINPUT, make the
+    # unpickler allocate gigabytes from a 9-byte message.
+    try:
+        opcodes = list(pickletools.genops(data))
+    except ValueError as error:
+        raise ValueError(f"not a pickle: {error}") from None
+    for opcode, argument, position in opcodes:
+        if opcode.name not in PLAIN_DATA_OPCODES:
+            raise ValueError(f"refused pickle opcode {opcode.name}: only plain data is loaded")
+        if opcode.name == "FRAME" and isinstance(argument, int) and argument > len(data):
+            raise ValueError("not a pickle: a frame longer than the message")
+        if opcode.name == "STOP" and position != len(data) - 1:
+            raise ValueError("not a pickle: bytes after its end")
+    try:
+        return pickle.loads(data)
+    except Exception as error:
+        raise ValueError(f"not a pickle: {error}") from None
+
+
+def check_name(name: object) -> None:
+    if not isinstance(name, str):
+        raise ValueError(f"expected a name, got {describe(name)}")
+    if len(name) > MAX_NAME_CHARACTERS:
+        raise ValueError(f"a name of {len(name)} characters: at most {MAX_NAME_CHARACTERS}")
+
+
+def check_workload(workload_ms: object) -> None:
+    if type(workload_ms) is not int:
+        raise ValueError(f"expected a workload in ms, got {describe(workload_ms)}")
+    if not 0 <= workload_ms <= MAX_WORKLOAD_MS:
+        raise ValueError(f"workload {workload_ms} ms is outside 0 to {MAX_WORKLOAD_MS} ms")
+
+
+def describe(value: object) -> str:
+    """What `value` is, in a few words, without formatting all of it (repr can take minutes)."""
+    if isinstance(value, tuple):
+        kinds = ", ".join(type(item).__name__ for item in value[:4])
+        return f"a tuple of {len(value)} ({kinds}{', ...' if len(value) > 4 else ''})"
+    kind = type(value).__name__
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """`text` on one line, cut to `limit` characters, with control characters escaped."""
+    shown = "".join(
+        character if character.isprintable() else character.encode("unicode_escape").decode()
+        for character in text[:limit]
+    )
+    return shown + "..." if len(text) > limit else shown
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def drop_vanished_peers(socket: zmq.Socket[bytes]) -> None:
+    """Drop a TCP peer within about five seconds of its host vanishing without a goodbye."""
+    # TCP keepalive, not ZMTP heartbeats: the peer's kernel answers it even while the peer is
+    # too busy to read, and a busy peer must not be cut off.
+    socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 2)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
+    # Keepalive is silent while sent data waits for an acknowledgement: bound that wait too.
+    socket.setsockopt(zmq.TCP_MAXRT, 5000)
+
+
+def print_lines_as_they_come() -> None:
+    """Flush each printed line, even into a pipe, and escape what the terminal cannot encode."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True, errors="backslashreplace")
+
+
+def stop_on_first_signal() -> None:
+    """Make Ctrl-C and SIGTERM raise KeyboardInterrupt once, and ignore any signal after it."""
+
+    def stop(signum: int, frame: object) -> None:
+        # `uv run` forwards the SIGTERM that its process group also got, and a second Ctrl-C
+        # may come during the shutdown: either would break the clean-up with a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
+def output_closed() -> int:
+    """Stop quietly when our output's reader has gone (| head), as command-line tools do."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
+
+
+def seconds(text: str) -> float:
+    """argparse type: a number of seconds above zero."""
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
+
+
+def at_least_one(text: str) -> int:
+    """argparse type: a whole number, 1 or more."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is less than 1")
+    return value
+
+
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Pipeline ventilator and sink: send tasks to workers, collect their results.",
         epilog="Other machines cannot reach the default endpoints; pass --bind tcp://*:5557 "
@@ -109,8 +376,10 @@ def main() -> int:
     parser.add_argument(
         "name",
         nargs="?",
-        default="ventilator",
-        help="name sent with every task (default: %(default)s)",
+        # Unique to each run, so that a result still on its way from an earlier run is refused.
+        default=f"ventilator-{secrets.token_hex(3)}",
+        help="name sent with every task, which workers send back with each result "
+        "(default: ventilator-XXXXXX, different for every run)",
     )
     parser.add_argument(
         "--bind",
@@ -125,98 +394,26 @@ def main() -> int:
         help=f"endpoint that collects results (default: {DEFAULT_RESULTS_ENDPOINT})",
     )
     parser.add_argument(
-        "--tasks", type=int, default=100, metavar="N", help="tasks to send (default: 100)"
+        "--tasks", type=at_least_one, default=100, metavar="N", help="tasks to send (default: 100)"
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=at_least_one,
         default=3,
         metavar="W",
         help="workers to wait for before sending the first task (default: 3)",
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=10.0,
         metavar="SECONDS",
         help="give up when no result has come for this long (default: 10)",
     )
     args = parser.parse_args()
-    if args.tasks < 1 or args.workers < 1:
-        parser.error("--tasks and --workers must be at least 1")
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-
-    context = zmq.Context()
-    ventilator = context.socket(zmq.PUSH)
-    sink = context.socket(zmq.PULL)
-    # PUSH deals tasks only to the workers it has when it sends, and a worker counts once its
-    # handshake is done (a TCP accept is not enough). Monitor before bind to miss no early worker.
-    monitor = ventilator.get_monitor_socket(
-        zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED
-    )
-    # At exit, tasks not yet taken by a worker that has gone are dropped after one second.
-    ventilator.setsockopt(zmq.LINGER, 1000)
-    sink.setsockopt(zmq.LINGER, 0)
-    # Anyone who can connect can send results; libzmq disconnects a peer whose message is too big.
-    sink.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-    for socket, endpoint in ((ventilator, args.bind), (sink, args.results)):
-        try:
-            socket.bind(endpoint)
-        except zmq.ZMQError as error:
-            print(f"Cannot bind: {error}", file=sys.stderr)
-            context.destroy(linger=0)
-            return 1
-
-    try:
-        print(f"Ventilator on {args.bind}, sink on {args.results} (Ctrl-C to stop).")
-        wait_for_workers(monitor, args.workers)
-        ventilator.disable_monitor()
-        started = time.monotonic()
-        total_work_ms = 0
-        for _ in range(args.tasks):
-            workload_ms = random.randint(1, 100)
-            total_work_ms += workload_ms
-            ventilator.send(pickle.dumps((args.name, workload_ms)))
-        print(f"Sent {args.tasks} tasks, {total_work_ms} ms of work in all.")
-
-        tasks_per_worker: Counter[str] = Counter()
-        received = 0
-        while received < args.tasks:
-            if not wait_for_message(sink, args.timeout):
-                missing = args.tasks - received
-                print(
-                    f"No result for {args.timeout:g} s: {missing} of {args.tasks} results missing.",
-                    file=sys.stderr,
-                )
-                return 1
-            frames = sink.recv_multipart()
-            try:
-                if len(frames) != 1:
-                    raise ValueError(f"expected 1 frame, got {len(frames)}")
-                worker_name, workload_ms = load_result(frames[0])
-            except Exception as error:
-                print(f"Ignored a result: {error}", file=sys.stderr)
-                continue
-            received += 1
-            tasks_per_worker[worker_name] += 1
-            print(f"Result {received}/{args.tasks} from {worker_name}: {workload_ms} ms")
-        elapsed = time.monotonic() - started
-    except KeyboardInterrupt:
-        print("Interrupted: shutting down.", file=sys.stderr)
-        return 130
-    finally:
-        monitor.close()
-        ventilator.close()
-        sink.close()
-        context.term()
-
-    print(f"All {args.tasks} results in.")
-    for worker_name, count in sorted(tasks_per_worker.items()):
-        print(f"  {worker_name}: {count} tasks")
-    ideal = total_work_ms / 1000 / len(tasks_per_worker)
-    print(f"Total simulated work: {total_work_ms / 1000:.2f} s")
-    print(f"Elapsed: {elapsed:.2f} s (ideal with {len(tasks_per_worker)} workers: {ideal:.2f} s)")
-    return 0
+    if len(args.name) > MAX_NAME_CHARACTERS:
+        parser.error(f"NAME is {len(args.name)} characters long: at most {MAX_NAME_CHARACTERS}")
+    return args
 
 
 if __name__ == "__main__":

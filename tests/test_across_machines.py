@@ -114,20 +114,36 @@ def test_request_reply_across_hosts(launch: Launcher, hosts: Hosts) -> None:
     assert server.wait() == 0, server.describe()
 
 
-def test_a_client_cannot_reach_a_server_bound_to_loopback(launch: Launcher, hosts: Hosts) -> None:
-    hosts.run(launch, hosts.server, "server_req_repl.py").expect("^Request-reply server on ")
+DEFAULT_PORTS = {
+    "server_req_repl.py": [5555],
+    "server_broadcast.py": [5556],
+    "server_pipeline.py": [5557, 5558],
+}
 
-    client = hosts.run(
-        launch,
-        hosts.clients[0],
-        "client_req_repl.py",
-        "--connect",
-        f"tcp://{hosts.server_addresses[0]}:5555",
-        "--timeout",
-        "1",
+
+def can_connect(host: str, address: str, port: int) -> bool:
+    """Whether a plain TCP connection from `host` to address:port is accepted."""
+    probe = (
+        "import socket, sys\n"
+        "try:\n"
+        "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close()\n"
+        "except OSError:\n"
+        "    sys.exit(1)\n"
     )
+    command = ["ip", "netns", "exec", host, sys.executable, "-c", probe, address, str(port)]
+    return subprocess.run(command, capture_output=True, timeout=30).returncode == 0
 
-    assert client.wait() == 1, client.describe()
+
+@pytest.mark.parametrize("server", sorted(DEFAULT_PORTS))
+def test_with_default_endpoints_a_server_is_reachable_from_its_own_host_only(
+    launch: Launcher, hosts: Hosts, server: str
+) -> None:
+    process = hosts.run(launch, hosts.server, server)
+    process.expect(r"^(Request-reply server|Publishing|Ventilator) on tcp://127\.0\.0\.1:")
+
+    for port in DEFAULT_PORTS[server]:
+        assert can_connect(hosts.server, "127.0.0.1", port)
+        assert not can_connect(hosts.clients[0], hosts.server_addresses[0], port)
 
 
 def test_publish_subscribe_across_hosts(launch: Launcher, hosts: Hosts) -> None:

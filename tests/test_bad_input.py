@@ -54,13 +54,17 @@ def expect_one_line_each(process: Process, prefix: str, count: int) -> None:
     assert "Traceback" not in process.stderr
 
 
-def be_the_only_worker(pipeline: Pipeline, context: Context) -> tuple[Process, int]:
-    """Start a ventilator for one task and take that task: the test plays the worker."""
-    ventilator = pipeline.ventilator("--workers", "1", "--tasks", "1")
-    tasks = context.socket(zmq.PULL)
-    tasks.connect(pipeline.tasks)
-    _, workload = pickle.loads(receive(tasks)[0])
-    return ventilator, workload
+class OnlyWorker:
+    """A ventilator started for one task, and that task, taken by the test playing the worker."""
+
+    def __init__(self, pipeline: Pipeline, context: Context) -> None:
+        self.ventilator = pipeline.ventilator("--workers", "1", "--tasks", "1")
+        self.tasks = context.socket(zmq.PULL)
+        self.tasks.connect(pipeline.tasks)
+        self.run_name, self.workload = pickle.loads(receive(self.tasks)[0])
+
+    def result(self, worker_name: str) -> bytes:
+        return pickle.dumps((worker_name, self.run_name, self.workload))
 
 
 def test_worker_refuses_bad_tasks_and_handles_the_next_valid_one(
@@ -79,7 +83,7 @@ def test_worker_refuses_bad_tasks_and_handles_the_next_valid_one(
         tasks.send_multipart(frames)
     tasks.send(pickle.dumps(("bare", 3)))
 
-    assert pickle.loads(receive(results)[0]) == ("w", 3)
+    assert pickle.loads(receive(results)[0]) == ("w", "bare", 3)
     worker.expect(r"^Task from bare: 3 ms$")
     expect_one_line_each(worker, "Ignored a task: ", len(bad))
     assert not marker.exists()
@@ -89,7 +93,8 @@ def test_worker_refuses_bad_tasks_and_handles_the_next_valid_one(
 def test_sink_refuses_bad_results_and_counts_the_next_valid_one(
     pipeline: Pipeline, context: Context, tmp_path: Path
 ) -> None:
-    ventilator, workload = be_the_only_worker(pipeline, context)
+    only = OnlyWorker(pipeline, context)
+    ventilator = only.ventilator
     results = context.socket(zmq.PUSH)
     results.connect(pipeline.results)
     marker = tmp_path / "pwned"
@@ -97,7 +102,7 @@ def test_sink_refuses_bad_results_and_counts_the_next_valid_one(
 
     for frames in bad.values():
         results.send_multipart(frames)
-    results.send(pickle.dumps(("tester", workload)))
+    results.send(only.result("tester"))
 
     assert ventilator.wait() == 0, ventilator.describe()
     ventilator.expect(r"^Result 1/1 from tester: ")
@@ -130,7 +135,8 @@ def test_reply_server_disconnects_an_oversized_request_and_serves_the_others(
 def test_sink_disconnects_an_oversized_result_and_takes_the_others(
     pipeline: Pipeline, context: Context
 ) -> None:
-    ventilator, workload = be_the_only_worker(pipeline, context)
+    only = OnlyWorker(pipeline, context)
+    ventilator = only.ventilator
     greedy = context.socket(zmq.PUSH)
     greedy_monitor = greedy.get_monitor_socket(zmq.EVENT_DISCONNECTED)
     greedy.connect(pipeline.results)
@@ -139,7 +145,7 @@ def test_sink_disconnects_an_oversized_result_and_takes_the_others(
 
     greedy.send(pickle.dumps(("greedy", 5, "x" * 100_000)))
     wait_for_event(greedy_monitor, zmq.EVENT_DISCONNECTED)
-    well_behaved.send(pickle.dumps(("tester", workload)))
+    well_behaved.send(only.result("tester"))
 
     assert ventilator.wait() == 0, ventilator.describe()
     ventilator.expect(r"^  tester: 1 tasks$")

@@ -25,7 +25,7 @@ def test_three_workers_share_the_tasks_and_the_sink_collects_every_result(
     # Each worker printed its ten tasks; wait for the lines, which may still be on their way.
     for worker in workers:
         for _ in range(10):
-            worker.expect(r"^Task from ventilator: \d+ ms$")
+            worker.expect(r"^Task from ventilator-[0-9a-f]{6}: \d+ ms$")
 
 
 def test_shares_differ_by_at_most_one_when_tasks_do_not_divide(pipeline: Pipeline) -> None:
@@ -74,13 +74,14 @@ def test_tasks_are_pickled_name_and_workload_tuples(launch: Launcher, pipeline: 
     ventilator = pipeline.ventilator("--workers", "1", "--tasks", "50", "--timeout", "1")
     # A bare PULL that checks every task's type and range, then reports how many it saw.
     bare_worker = launch.python(
-        "import pickle, sys, zmq\n"
+        "import pickle, re, sys, zmq\n"
         "receiver = zmq.Context().socket(zmq.PULL)\n"
         "receiver.connect(sys.argv[1])\n"
         "for _ in range(50):\n"
         "    frames = receiver.recv_multipart()\n"
         "    name, workload = pickle.loads(frames[0])\n"
-        "    assert len(frames) == 1 and name == 'ventilator' and type(workload) is int\n"
+        "    assert len(frames) == 1 and type(workload) is int\n"
+        "    assert re.fullmatch('ventilator-[0-9a-f]{6}', name), name\n"
         "    assert 1 <= workload <= 100, workload\n"
         "print('50 valid tasks')\n",
         pipeline.tasks,
@@ -121,7 +122,11 @@ def test_worker_pushes_its_name_and_the_workload_to_the_sink(
     pipeline.worker("solo")
 
     assert bare_ends.wait() == 0, bare_ends.describe()
-    assert bare_ends.lines["stdout"] == ["('solo', 5)", "('solo', 1)", "('solo', 30)"]
+    assert bare_ends.lines["stdout"] == [
+        "('solo', 'bare', 5)",
+        "('solo', 'bare', 1)",
+        "('solo', 'bare', 30)",
+    ]
 
 
 def test_worker_default_name_is_host_and_pid(pipeline: Pipeline) -> None:

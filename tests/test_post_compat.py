@@ -62,7 +62,7 @@ def test_post_worker_against_our_ventilator(launch: Launcher, pipeline: Pipeline
     post_worker = launch.post_peer("client_pipeline.py", "post-worker", pipeline.tasks)
 
     for _ in range(100):
-        post_worker.expect(r"^\('ventilator', \d+\)$")
+        post_worker.expect(r"^\('ventilator-[0-9a-f]{6}', \d+\)$")
     # The post's worker sends no results, and the sink says so rather than waiting for ever.
     assert ventilator.wait() == 1, ventilator.describe()
     ventilator.expect(r"100 of 100 results missing", stream="stderr")
