@@ -34,15 +34,22 @@ def _restore_default_sigint() -> None:
 class Process:
     """A running script whose stdout and stderr are collected line by line as they come."""
 
-    def __init__(self, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, argv: Sequence[str], env: dict[str, str] | None = None, unbuffered: bool = True
+    ) -> None:
         self.argv = list(argv)
         self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self._read_up_to = {"stdout": 0, "stderr": 0}
         self._changed = threading.Condition()
+        environment = {**os.environ, **(env or {})}
+        # Unbuffered unless a test checks what the scripts do about buffering themselves.
+        environment.pop("PYTHONUNBUFFERED", None)
+        if unbuffered:
+            environment["PYTHONUNBUFFERED"] = "1"
         self.popen = subprocess.Popen(
             self.argv,
             cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            env=environment,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -116,6 +123,21 @@ class Process:
     def signal(self, signum: int) -> None:
         self.popen.send_signal(signum)
 
+    def peak_memory_bytes(self) -> int:
+        """The most memory the process has held at once (VmHWM), from /proc."""
+        status = Path(f"/proc/{self.popen.pid}/status").read_text()
+        match = re.search(r"^VmHWM:\s+(\d+) kB$", status, re.MULTILINE)
+        assert match, status
+        return int(match[1]) * 1024
+
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used so far, user and system, from /proc."""
+        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def all_lines(self) -> list[str]:
+        return self.lines["stdout"] + self.lines["stderr"]
+
     def kill(self) -> None:
         if self.popen.poll() is None:
             self.popen.kill()
@@ -130,14 +152,23 @@ class Launcher:
     def __init__(self) -> None:
         self.processes: list[Process] = []
 
-    def start(self, argv: Sequence[str], env: dict[str, str] | None = None) -> Process:
-        process = Process(argv, env)
+    def start(
+        self, argv: Sequence[str], env: dict[str, str] | None = None, unbuffered: bool = True
+    ) -> Process:
+        process = Process(argv, env, unbuffered)
         self.processes.append(process)
         return process
 
-    def script(self, name: str, *args: str, prefix: Sequence[str] = ()) -> Process:
+    def script(
+        self,
+        name: str,
+        *args: str,
+        prefix: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        unbuffered: bool = True,
+    ) -> Process:
         """Run one of the repository's six scripts, as `python SCRIPT ARGS`."""
-        return self.start([*prefix, sys.executable, str(ROOT / name), *args])
+        return self.start([*prefix, sys.executable, str(ROOT / name), *args], env, unbuffered)
 
     def reply_server(self, endpoint: str) -> Process:
         """server_req_repl.py, once it is waiting for requests."""
@@ -204,18 +235,18 @@ class Pipeline:
         self.tasks = tasks
         self.results = results
 
-    def ventilator(self, *args: str) -> Process:
+    def ventilator(self, *args: str, env: dict[str, str] | None = None) -> Process:
         """server_pipeline.py, once it has bound both endpoints."""
         process = self.launch.script(
-            "server_pipeline.py", "--bind", self.tasks, "--results", self.results, *args
+            "server_pipeline.py", "--bind", self.tasks, "--results", self.results, *args, env=env
         )
         process.expect(r"^Ventilator on ")
         return process
 
-    def worker(self, *args: str) -> Process:
+    def worker(self, *args: str, env: dict[str, str] | None = None) -> Process:
         """client_pipeline.py, once it is waiting for tasks."""
         process = self.launch.script(
-            "client_pipeline.py", *args, "--connect", self.tasks, "--results", self.results
+            "client_pipeline.py", *args, "--connect", self.tasks, "--results", self.results, env=env
         )
         process.expect(r"^Waiting for tasks")
         return process

@@ -209,3 +209,94 @@ def test_subscriber_prints_bytes_that_are_not_utf8(
     assert subscriber.wait() == 0, subscriber.describe()
     assert subscriber.lines["stdout"][1:] == [r"TIME\xff\xfe café"] * 2
     assert "Traceback" not in subscriber.stderr
+
+
+def shared_tuples(depth: int) -> bytes:
+    """A pickle of about 100 bytes whose repr would be 2**depth names long: each tuple holds
+    the one before it twice, and pickle stores it once."""
+    value: object = "x"
+    for _ in range(depth):
+        value = (value, value)
+    return pickle.dumps(value)
+
+
+# Messages that cost a careless unpickler or formatter gigabytes or minutes, as (name, message).
+COSTLY = [
+    ("shared tuples", shared_tuples(40)),
+    # LONG_BINPUT with memo index 2**31: the C unpickler allocates and zeroes the memo up to it.
+    ("huge memo index", b"\x80\x02K\x01r\x00\x00\x00\x80."),
+    ("huge memo index after None", b"\x80\x02Nr\x00\x00\x00\x08."),
+    # BINUNICODE claiming 4 GiB of text in a 12-byte message.
+    ("huge string length", b"\x80\x04X\xff\xff\xff\xffabc."),
+    # A load key that is a newline: an error message quoting it would print two lines.
+    ("newline load key", b"\n\n\n"),
+]
+# Names that are valid strings but must not reach a terminal raw, as (name, how it must print).
+UNPRINTABLE_NAMES = [
+    ("\ud800", r"\ud800"),
+    ("x\nAll 2 results in.", r"x\nAll 2 results in."),
+    ("\x1b[2J\x1b[31mred\r", r"\x1b[2J\x1b[31mred\r"),
+]
+
+
+def assert_printable(process: Process) -> None:
+    """Every line the process wrote is printable text: no escape codes, no stray line breaks."""
+    for line in process.all_lines():
+        assert line.isprintable(), repr(line)
+    assert "Traceback" not in process.stderr
+
+
+def test_worker_survives_costly_and_unprintable_tasks_in_bounded_memory_and_time(
+    pipeline: Pipeline, context: Context
+) -> None:
+    tasks = context.socket(zmq.PUSH)
+    tasks.setsockopt(zmq.SNDTIMEO, int(WAIT * 1000))
+    tasks.bind(pipeline.tasks)
+    results = context.socket(zmq.PULL)
+    results.bind(pipeline.results)
+    # A terminal that cannot show every character: the worker must still not crash on printing.
+    worker = pipeline.worker("w", env={"PYTHONIOENCODING": "ascii:strict"})
+    idle_memory, idle_cpu = worker.peak_memory_bytes(), worker.cpu_seconds()
+
+    for _, message in COSTLY:
+        tasks.send(message)
+    for name, _ in UNPRINTABLE_NAMES:
+        tasks.send(pickle.dumps((name, 1)))
+    tasks.send(pickle.dumps(("bare", 3)))
+
+    answered = [pickle.loads(receive(results)[0]) for _ in range(len(UNPRINTABLE_NAMES) + 1)]
+    assert answered == [("w", name, 1) for name, _ in UNPRINTABLE_NAMES] + [("w", "bare", 3)]
+    for _, shown in UNPRINTABLE_NAMES:
+        worker.expect(f"^Task from {re.escape(shown)}: 1 ms$")
+    worker.expect(r"^Task from bare: 3 ms$")
+    expect_one_line_each(worker, "Ignored a task: ", len(COSTLY))
+    assert_printable(worker)
+    assert worker.peak_memory_bytes() - idle_memory < 50 * 2**20
+    # The shared tuples took 28 s of CPU and 2 GiB through repr, the memo index 2 GiB.
+    assert worker.cpu_seconds() - idle_cpu < 2.0
+
+
+def test_sink_survives_costly_results_and_prints_names_escaped(
+    pipeline: Pipeline, context: Context
+) -> None:
+    only = OnlyWorker(pipeline, context)
+    ventilator = only.ventilator
+    idle_memory, idle_cpu = ventilator.peak_memory_bytes(), ventilator.cpu_seconds()
+    results = context.socket(zmq.PUSH)
+    results.connect(pipeline.results)
+
+    for _, message in COSTLY:
+        results.send(message)
+    results.send(pickle.dumps(("x" * 201, only.run_name, only.workload)))
+    expect_one_line_each(ventilator, "Ignored a result: ", len(COSTLY) + 1)
+    assert "a name of 201 characters" in ventilator.stderr
+    assert ventilator.peak_memory_bytes() - idle_memory < 50 * 2**20
+    assert ventilator.cpu_seconds() - idle_cpu < 2.0
+    results.send(only.result("\ud800\nAll 2 results in.\x1b[2J"))
+
+    assert ventilator.wait() == 0, ventilator.describe()
+    shown = re.escape(r"\ud800\nAll 2 results in.\x1b[2J")
+    ventilator.expect(rf"^Result 1/1 from {shown}: \d+ ms$")
+    ventilator.expect(rf"^  {shown}: 1 tasks$")
+    assert "All 2 results in." not in ventilator.lines["stdout"]
+    assert_printable(ventilator)
