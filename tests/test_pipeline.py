@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import pickle
 import re
+import signal
 import socket
 
-from conftest import Endpoints, Launcher, Pipeline, tasks_per_worker
+import zmq
+
+from conftest import WAIT, Endpoints, Launcher, Pipeline, receive, tasks_per_worker
+
+Context = zmq.Context[zmq.Socket[bytes]]
 
 
 def test_three_workers_share_the_tasks_and_the_sink_collects_every_result(
@@ -135,3 +141,183 @@ def test_worker_default_name_is_host_and_pid(pipeline: Pipeline) -> None:
     match = re.match(r"^Worker (\S+): tasks from ", worker.lines["stdout"][0])
     assert match, worker.describe()
     assert match[1].endswith(f"-{worker.popen.pid}")
+
+
+def test_an_idle_http_client_on_the_task_port_gets_no_task(
+    launch: Launcher, endpoints: Endpoints
+) -> None:
+    pipeline = Pipeline(launch, endpoints.tcp(), endpoints.ipc("results"))
+    port = int(pipeline.tasks.rsplit(":", 1)[1])
+    ventilator = pipeline.ventilator("--workers", "2", "--tasks", "30")
+    # libzmq takes a peer whose first byte is not 0xFF for ZMTP 1.0, which has no handshake
+    # event and no socket type: PUSH would deal it a share of the tasks, lost for good.
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as browser:
+        browser.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        for name in ("first", "second"):
+            pipeline.worker(name)
+
+        assert ventilator.wait() == 0, ventilator.describe()
+        assert tasks_per_worker(ventilator) == {"first": 15, "second": 15}
+        try:
+            refused = browser.recv(100) == b""
+        except ConnectionResetError:
+            refused = True
+        assert refused
+
+
+def test_twenty_thousand_tasks_through_one_worker_that_answers_at_once(
+    launch: Launcher, pipeline: Pipeline
+) -> None:
+    ventilator = pipeline.ventilator("--workers", "1", "--tasks", "20000", "--timeout", "5")
+    # Sending everything before reading any result deadlocked: both queues full, both sides
+    # blocked on a send.
+    launch.python(
+        "import pickle, sys, zmq\n"
+        "context = zmq.Context()\n"
+        "tasks = context.socket(zmq.PULL)\n"
+        "tasks.connect(sys.argv[1])\n"
+        "results = context.socket(zmq.PUSH)\n"
+        "results.connect(sys.argv[2])\n"
+        "while True:\n"
+        "    name, workload = pickle.loads(tasks.recv())\n"
+        "    results.send(pickle.dumps(('quick', name, workload)))\n",
+        pipeline.tasks,
+        pipeline.results,
+    )
+
+    assert ventilator.wait(timeout=WAIT * 3) == 0, ventilator.describe()
+    assert tasks_per_worker(ventilator) == {"quick": 20000}
+
+
+def test_a_worker_killed_while_tasks_are_still_being_sent_ends_in_the_timeout(
+    launch: Launcher, pipeline: Pipeline
+) -> None:
+    ventilator = pipeline.ventilator("--workers", "1", "--tasks", "20000", "--timeout", "1")
+    worker = launch.python(
+        "import pickle, sys, zmq\n"
+        "context = zmq.Context()\n"
+        "tasks = context.socket(zmq.PULL)\n"
+        "tasks.connect(sys.argv[1])\n"
+        "results = context.socket(zmq.PUSH)\n"
+        "results.connect(sys.argv[2])\n"
+        "for number in range(1, 20001):\n"
+        "    name, workload = pickle.loads(tasks.recv())\n"
+        "    results.send(pickle.dumps(('doomed', name, workload)))\n"
+        "    if number == 100:\n"
+        "        print('answered 100', flush=True)\n",
+        pipeline.tasks,
+        pipeline.results,
+    )
+    worker.expect("^answered 100$")
+    worker.signal(signal.SIGKILL)
+
+    assert ventilator.wait() == 1, ventilator.describe()
+    ventilator.expect(r"^No result for 1 s: \d+ of 20000 results missing\.$", stream="stderr")
+    assert "Sent 20000 tasks" not in ventilator.stdout
+
+
+def test_results_of_an_earlier_run_do_not_count_in_the_next(
+    pipeline: Pipeline, context: Context
+) -> None:
+    tasks = context.socket(zmq.PULL)
+    tasks.connect(pipeline.tasks)
+    results = context.socket(zmq.PUSH)
+    results.connect(pipeline.results)
+    first = pipeline.ventilator("--workers", "1", "--tasks", "3")
+    earlier = [pickle.loads(receive(tasks)[0]) for _ in range(3)]
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 130, first.describe()
+
+    second = pipeline.ventilator("--workers", "1", "--tasks", "3")
+    current = [pickle.loads(receive(tasks)[0]) for _ in range(3)]
+    for run_name, workload in earlier + current:
+        results.send(pickle.dumps(("late", run_name, workload)))
+
+    assert second.wait() == 0, second.describe()
+    earlier_run = earlier[0][0]
+    assert earlier_run != current[0][0]
+    for _ in range(3):
+        second.expect(
+            rf"^Ignored a result: it answers another run's task \({earlier_run}\)$", stream="stderr"
+        )
+    assert tasks_per_worker(second) == {"late": 3}
+
+
+def test_a_result_for_no_task_that_is_waiting_is_refused(
+    pipeline: Pipeline, context: Context
+) -> None:
+    tasks = context.socket(zmq.PULL)
+    tasks.connect(pipeline.tasks)
+    results = context.socket(zmq.PUSH)
+    results.connect(pipeline.results)
+    ventilator = pipeline.ventilator("--workers", "1", "--tasks", "2")
+    (run_name, first), (_, second) = (pickle.loads(receive(tasks)[0]) for _ in range(2))
+    never_sent = next(workload for workload in range(1, 101) if workload not in (first, second))
+
+    results.send(pickle.dumps(("w", run_name, first)))
+    results.send(pickle.dumps(("w", run_name, never_sent)))
+    results.send(pickle.dumps(("w", run_name, second)))
+
+    assert ventilator.wait() == 0, ventilator.describe()
+    assert ventilator.lines["stderr"] == [
+        f"Ignored a result: no task of {never_sent} ms is waiting for a result"
+    ]
+    assert tasks_per_worker(ventilator) == {"w": 2}
+
+
+def test_workers_already_running_all_get_tasks_even_with_workers_1(pipeline: Pipeline) -> None:
+    workers = [pipeline.worker(name) for name in ("alpha", "beta", "gamma")]
+
+    ventilator = pipeline.ventilator("--workers", "1", "--tasks", "30")
+
+    assert ventilator.wait() == 0, ventilator.describe()
+    assert tasks_per_worker(ventilator) == {"alpha": 10, "beta": 10, "gamma": 10}
+    assert all(worker.popen.poll() is None for worker in workers)
+
+
+def test_a_worker_that_leaves_before_the_start_is_no_longer_counted(pipeline: Pipeline) -> None:
+    ventilator = pipeline.ventilator("--workers", "2", "--tasks", "20")
+    leaver = pipeline.worker("leaver")
+    ventilator.expect(r"^Workers connected: 1 of 2$")
+    leaver.signal(signal.SIGKILL)
+    ventilator.expect(r"^Workers connected: 0 of 2$")
+
+    for name in ("stayer", "latecomer"):
+        pipeline.worker(name)
+
+    assert ventilator.wait() == 0, ventilator.describe()
+    assert tasks_per_worker(ventilator) == {"stayer": 10, "latecomer": 10}
+
+
+def test_a_worker_sent_an_oversized_task_connects_again_and_takes_the_next(
+    launch: Launcher, endpoints: Endpoints, context: Context
+) -> None:
+    pipeline = Pipeline(launch, endpoints.tcp(), endpoints.ipc("results"))
+    tasks = context.socket(zmq.PUSH)
+    tasks.setsockopt(zmq.SNDTIMEO, int(WAIT * 1000))
+    tasks.bind(pipeline.tasks)
+    results = context.socket(zmq.PULL)
+    results.bind(pipeline.results)
+    worker = pipeline.worker("w")
+
+    # A ventilator named with 5,000 characters sends just such a task.
+    tasks.send(pickle.dumps(("v" * 5000, 1)))
+    worker.expect(r"^Dropped tcp://\S+ for breaking the protocol", stream="stderr")
+    tasks.send(pickle.dumps(("after", 2)))
+
+    assert pickle.loads(receive(results)[0]) == ("w", "after", 2)
+    worker.expect(r"^Task from after: 2 ms$")
+    assert len(worker.lines["stderr"]) == 1, worker.describe()
+
+
+def test_a_worker_whose_ventilator_restarts_takes_its_tasks(pipeline: Pipeline) -> None:
+    worker = pipeline.worker("w")
+    first = pipeline.ventilator("--workers", "1", "--tasks", "3")
+    assert first.wait() == 0, first.describe()
+
+    second = pipeline.ventilator("--workers", "1", "--tasks", "3")
+
+    assert second.wait() == 0, second.describe()
+    assert tasks_per_worker(second) == {"w": 3}
+    # libzmq reconnected by itself: nothing to say about it.
+    assert worker.lines["stderr"] == [], worker.describe()
