@@ -86,15 +86,18 @@ class Connection:
     def __init__(self, monitor: zmq.Socket[bytes], endpoint: str) -> None:
         self.monitor = monitor
         self.endpoint = endpoint
-        self.connected = self.ever_connected = False
+        self.connected = self.ever_connected = self.lost_while_waiting = False
 
     def update(self) -> None:
         while self.monitor.poll(0):
             self.connected = recv_monitor_message(self.monitor)["event"] != zmq.EVENT_DISCONNECTED
             self.ever_connected |= self.connected
+            self.lost_while_waiting |= not self.connected
 
     def wait_for_reply(self, requester: zmq.Socket[bytes], timeout: float) -> bool:
         """True once a reply is there, False after `timeout` seconds."""
+        self.update()
+        self.lost_while_waiting = False
         # Poll in 0.1 s slices rather than block: a Ctrl-C that lands just before a blocking
         # call begins is only acted on when that call returns.
         deadline = time.monotonic() + timeout
@@ -108,7 +111,8 @@ class Connection:
         waited = f"No reply from {self.endpoint} within {timeout:g} s"
         if not self.ever_connected:
             return f"{waited}. Is the server running? Start it with: uv run server_req_repl.py"
-        if not self.connected:
+        if self.lost_while_waiting:
+            # libzmq connects again by itself, but REQ never sends a request twice.
             return (
                 f"{waited}: the connection was lost (the server stopped, or refused a request "
                 "over its size limit)."

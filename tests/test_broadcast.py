@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import time
 
-from conftest import Endpoints, Launcher
+import zmq
+
+from conftest import WAIT, Endpoints, Launcher, Process, receive, wait_for_event
+
+Context = zmq.Context[zmq.Socket[bytes]]
 
 READY = r"^Publishing on "
 ASCTIME = r"\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}"
@@ -94,3 +101,156 @@ def test_topic_filters_by_prefix(launch: Launcher, endpoints: Endpoints) -> None
     assert nothing.wait() == 1, nothing.describe()
     assert not [line for line in nothing.lines["stdout"] if line.startswith("TIME")]
     nothing.expect(r"^No message from ipc://\S+ within 1 s", stream="stderr")
+
+
+def publish_until_done(publisher: zmq.Socket[bytes], process: Process, frames: list[bytes]) -> None:
+    """Send `frames` again and again until `process` exits: PUB drops what it sends before a
+    subscription has arrived, and the test cannot see when that is."""
+    deadline = time.monotonic() + WAIT
+    while process.popen.poll() is None and time.monotonic() < deadline:
+        publisher.send_multipart(frames)
+        time.sleep(0.02)
+
+
+def test_an_empty_topic_receives_every_message(
+    launch: Launcher, endpoints: Endpoints, context: Context
+) -> None:
+    publisher = context.socket(zmq.PUB)
+    publisher.bind(endpoints.ipc("pubsub"))
+    subscriber = launch.script(
+        "client_broadcast.py", "--connect", endpoints.ipc("pubsub"), "--topic", "", "--count", "2"
+    )
+    subscriber.expect(r"^Waiting for 2 messages starting with '' from ")
+
+    publish_until_done(publisher, subscriber, [b"NEWS of the day"])
+
+    assert subscriber.wait() == 0, subscriber.describe()
+    assert subscriber.lines["stdout"][1:] == ["NEWS of the day"] * 2
+
+
+def test_a_topic_that_is_not_utf8_is_subscribed_as_typed(
+    launch: Launcher, endpoints: Endpoints, context: Context
+) -> None:
+    publisher = context.socket(zmq.PUB)
+    publisher.bind(endpoints.ipc("pubsub"))
+    topic = os.fsdecode(b"T\xff")
+    subscriber = launch.script(
+        "client_broadcast.py",
+        "--connect",
+        endpoints.ipc("pubsub"),
+        "--topic",
+        topic,
+        "--count",
+        "1",
+    )
+    subscriber.expect(r"^Waiting for 1 messages starting with 'T\\udcff' from ")
+
+    publish_until_done(publisher, subscriber, [b"T\xfe skipped"])
+    assert subscriber.popen.poll() is None
+    publish_until_done(publisher, subscriber, [b"T\xff taken"])
+
+    assert subscriber.wait() == 0, subscriber.describe()
+    assert subscriber.lines["stdout"][1:] == [r"T\xff taken"]
+    assert subscriber.stderr == ""
+
+
+def test_control_characters_from_the_network_never_reach_the_terminal(
+    launch: Launcher, endpoints: Endpoints, context: Context
+) -> None:
+    publisher = context.socket(zmq.PUB)
+    publisher.bind(endpoints.ipc("pubsub"))
+    subscriber = launch.script(
+        "client_broadcast.py", "--connect", endpoints.ipc("pubsub"), "--count", "1"
+    )
+    subscriber.expect("^Waiting for 1 messages")
+
+    publish_until_done(publisher, subscriber, [b"TIME\x1b[2J\r\nforged line\x07", b"x" * 500])
+
+    assert subscriber.wait() == 0, subscriber.describe()
+    [line] = subscriber.lines["stdout"][1:]
+    assert line.startswith(r"TIME\x1b[2J\r\nforged line\x07 xxx")
+    assert line.endswith("x...") and len(line) < 400
+    assert line.isprintable()
+
+
+def test_a_subscriber_sent_an_oversized_message_connects_again(
+    launch: Launcher, endpoints: Endpoints, context: Context
+) -> None:
+    endpoint = endpoints.tcp()
+    publisher = context.socket(zmq.PUB)
+    publisher.bind(endpoint)
+    subscriber = launch.script("client_broadcast.py", "--connect", endpoint, "--count", "1")
+    subscriber.expect("^Waiting for 1 messages")
+
+    deadline = time.monotonic() + WAIT
+    while not subscriber.lines["stderr"] and time.monotonic() < deadline:
+        publisher.send(b"TIME" + b"x" * 20_000)
+        time.sleep(0.02)
+    subscriber.expect(r"^Dropped tcp://\S+ for breaking the protocol", stream="stderr")
+    publish_until_done(publisher, subscriber, [b"TIME small"])
+
+    assert subscriber.wait() == 0, subscriber.describe()
+    assert subscriber.lines["stdout"][1:] == ["TIME small"]
+
+
+def test_an_unused_topic_is_not_blamed_on_a_missing_publisher(
+    launch: Launcher, endpoints: Endpoints
+) -> None:
+    endpoint = endpoints.ipc("pubsub")
+    launch.script("server_broadcast.py", "--bind", endpoint, "--interval", "0.05").expect(READY)
+
+    subscriber = launch.script(
+        "client_broadcast.py", "--connect", endpoint, "--topic", "NEWS", "--timeout", "1"
+    )
+
+    assert subscriber.wait() == 1, subscriber.describe()
+    assert subscriber.lines["stderr"] == [
+        f"No message from {endpoint} within 1 s: the publisher is up, but sent nothing "
+        "starting with 'NEWS'."
+    ]
+
+
+def test_a_paused_publisher_does_not_send_the_messages_it_missed_in_a_burst(
+    launch: Launcher, endpoints: Endpoints, context: Context
+) -> None:
+    endpoint = endpoints.ipc("pubsub")
+    publisher = launch.script("server_broadcast.py", "--bind", endpoint, "--interval", "0.1")
+    publisher.expect(READY)
+    subscriber = context.socket(zmq.SUB)
+    subscriber.subscribe(b"")
+    subscriber.connect(endpoint)
+    receive(subscriber)
+
+    # Like a laptop's lid closed for a second: ten messages fall due while it is stopped.
+    publisher.signal(signal.SIGSTOP)
+    time.sleep(1.0)
+    while subscriber.poll(0):
+        subscriber.recv()
+    publisher.signal(signal.SIGCONT)
+    receive(subscriber)
+    resumed = time.monotonic()
+    burst = 0
+    while subscriber.poll(50):
+        subscriber.recv()
+        burst += 1
+
+    assert burst == 0, f"{burst} more messages within 50 ms of resuming"
+    assert time.monotonic() - resumed < WAIT
+
+
+def test_a_subscription_over_the_publishers_limit_drops_only_that_subscriber(
+    launch: Launcher, endpoints: Endpoints, context: Context
+) -> None:
+    endpoint = endpoints.tcp()
+    publisher = launch.script("server_broadcast.py", "--bind", endpoint, "--interval", "0.05")
+    publisher.expect(READY)
+    greedy = context.socket(zmq.SUB)
+    monitor = greedy.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    greedy.connect(endpoint)
+    greedy.subscribe(b"T" * 10_000)
+
+    wait_for_event(monitor, zmq.EVENT_DISCONNECTED)
+    subscriber = launch.script("client_broadcast.py", "--connect", endpoint, "--count", "2")
+
+    assert subscriber.wait() == 0, subscriber.describe()
+    assert publisher.popen.poll() is None
