@@ -337,9 +337,16 @@ def stop_on_first_signal() -> None:
     def stop(signum: int, frame: object) -> None:
         # `uv run` forwards the SIGTERM that its process group also got, and a second Ctrl-C
         # may come during the shutdown: either would break the clean-up with a traceback.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # Blocked for the rest of the run, and handled by a no-op if already on their way
+        # (SIG_IGN would make Python report those as errors).
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.signal(signal.SIGINT, ignore)
+        signal.signal(signal.SIGTERM, ignore)
         raise KeyboardInterrupt
+
+    def ignore(signum: int, frame: object) -> None:
+        pass
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import shutil
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 import zmq
 
-from conftest import WAIT, Endpoints, Launcher, Pipeline, Process, receive
+from conftest import ROOT, WAIT, Endpoints, Launcher, Pipeline, Process, receive
 
 Context = zmq.Context[zmq.Socket[bytes]]
 SIGNALS = [signal.SIGINT, signal.SIGTERM]
@@ -94,3 +98,97 @@ def test_sink_waiting_for_results_stops_on_the_signal(
     ventilator.expect("^Sent 100 tasks")
 
     stop_with(ventilator, signum)
+
+
+WAITING_SCRIPTS = [
+    ("server_req_repl.py", "--bind", "^Request-reply server on "),
+    ("server_broadcast.py", "--bind", "^Publishing on "),
+    ("client_broadcast.py", "--connect", "^Waiting for 5 messages"),
+    ("client_pipeline.py", "--connect", "^Waiting for tasks"),
+    ("server_pipeline.py", "--bind", "^Waiting for 3 workers to connect"),
+]
+
+
+@pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not installed")
+@pytest.mark.parametrize(
+    ("script", "endpoint_option", "ready"),
+    [WAITING_SCRIPTS[0], WAITING_SCRIPTS[1], WAITING_SCRIPTS[3]],
+    ids=["request-reply", "publish-subscribe", "pipeline"],
+)
+def test_sigterm_to_the_process_group_of_uv_run_ends_the_script_cleanly(
+    launch: Launcher, endpoints: Endpoints, script: str, endpoint_option: str, ready: str
+) -> None:
+    # What `timeout`, `kill -- -PGID` and systemd do: the script gets the signal from the kill
+    # and again from uv, which forwards it.
+    extra = ["--results", endpoints.ipc("results")] if "pipeline" in script else []
+    process = launch.start(
+        ["uv", "run", "--quiet", script, endpoint_option, endpoints.ipc("main"), *extra]
+    )
+    process.expect(ready)
+
+    sent = time.monotonic()
+    os.killpg(process.popen.pid, signal.SIGTERM)
+
+    assert process.wait() == 130, process.describe()
+    assert time.monotonic() - sent < 1.0, process.describe()
+    assert process.lines["stderr"] == [process.lines["stderr"][-1]], process.describe()
+    assert process.lines["stderr"][-1].startswith("Interrupted"), process.describe()
+
+
+def test_signals_that_keep_coming_during_the_shutdown_change_nothing(
+    launch: Launcher, endpoints: Endpoints, context: Context
+) -> None:
+    tasks = context.socket(zmq.PUSH)
+    tasks.bind(endpoints.ipc("tasks"))
+    # No sink: the result waits in the worker's queue, and the shutdown lingers to deliver it.
+    worker = launch.script(
+        "client_pipeline.py", "--connect", endpoints.ipc("tasks"), "--results", endpoints.ipc("r")
+    )
+    tasks.send(pickle.dumps(("bare", 1)))
+    worker.expect(r"^Task from bare: 1 ms$")
+
+    sent = time.monotonic()
+    # A user pressing Ctrl-C again and again, and a service manager's SIGTERM among them.
+    while worker.popen.poll() is None and time.monotonic() - sent < WAIT:
+        worker.signal(signal.SIGINT)
+        worker.signal(signal.SIGTERM)
+        time.sleep(0.005)
+
+    assert worker.wait() == 130, worker.describe()
+    assert time.monotonic() - sent < 1.0, worker.describe()
+    assert worker.lines["stderr"] == ["Interrupted: shutting down."]
+
+
+@pytest.mark.parametrize(("script", "endpoint_option", "ready"), WAITING_SCRIPTS)
+def test_output_into_a_pipe_shows_each_line_as_it_is_printed(
+    launch: Launcher, endpoints: Endpoints, script: str, endpoint_option: str, ready: str
+) -> None:
+    # As with `| tee log`: no PYTHONUNBUFFERED, so Python would buffer stdout in 8 KiB blocks.
+    extra = ["--results", endpoints.ipc("results")] if "pipeline" in script else []
+    process = launch.script(
+        script, endpoint_option, endpoints.ipc("main"), *extra, unbuffered=False
+    )
+
+    process.expect(ready)
+    assert process.popen.poll() is None
+
+
+def test_a_closed_output_pipe_ends_the_script_quietly(endpoints: Endpoints) -> None:
+    # As with `| head -n 2`: the reader goes away while the publisher is still printing.
+    publisher = subprocess.Popen(
+        [sys.executable, str(ROOT / "server_broadcast.py"), "--bind", endpoints.ipc("pubsub"),
+         "--interval", "0.01"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert publisher.stdout is not None and publisher.stderr is not None
+        assert publisher.stdout.readline().startswith(b"Publishing on ")
+        assert publisher.stdout.readline().startswith(b"Sent TIME")
+        publisher.stdout.close()
+
+        assert publisher.wait(WAIT) == 141
+        assert publisher.stderr.read() == b""
+    finally:
+        publisher.kill()
+        publisher.wait()
