@@ -69,14 +69,35 @@ def print_messages(args: argparse.Namespace) -> int:
         print(f"Waiting for {args.count} messages starting with '{topic}' from {args.connect}.")
 
         for _ in range(args.count):
-            if not publisher.wait_for_message(args.timeout):
-                print(publisher.why_nothing_came(args.timeout, topic), file=sys.stderr)
+            if not wait_for_message(publisher, args.timeout):
+                print(why_nothing_came(publisher, args.timeout, topic), file=sys.stderr)
                 return 1
             frames = subscriber.recv_multipart()
             # Publishers may send any bytes: escape what is not UTF-8 or not printable.
             text = " ".join(frame.decode("utf-8", errors="backslashreplace") for frame in frames)
             print(printable(text, 300))
         return 0
+
+
+def wait_for_message(publisher: Connection, timeout: float | None) -> bool:
+    """True once a message is there, False after `timeout` seconds (None: wait for ever)."""
+    # Poll in 0.1 s slices rather than block: a Ctrl-C that lands just before a blocking call
+    # begins is only acted on when that call returns.
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not publisher.socket.poll(100):
+        publisher.update()
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+    return True
+
+
+def why_nothing_came(publisher: Connection, timeout: float, topic: str) -> str:
+    waited = f"No message from {publisher.endpoint} within {timeout:g} s"
+    if not publisher.ever_connected:
+        return f"{waited}. Is the publisher running? Start it with: uv run server_broadcast.py"
+    if not publisher.connected:
+        return f"{waited}: the publisher went away and has not come back."
+    return f"{waited}: the publisher is up, but sent nothing starting with '{topic}'."
 
 
 class Connection:
@@ -113,25 +134,6 @@ class Connection:
             self.socket.disconnect(self.endpoint)
             self.socket.connect(self.endpoint)
             self.lost_at = None
-
-    def wait_for_message(self, timeout: float | None) -> bool:
-        """True once a message is there, False after `timeout` seconds (None: wait for ever)."""
-        # Poll in 0.1 s slices rather than block: a Ctrl-C that lands just before a blocking
-        # call begins is only acted on when that call returns.
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.socket.poll(100):
-            self.update()
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-        return True
-
-    def why_nothing_came(self, timeout: float, topic: str) -> str:
-        waited = f"No message from {self.endpoint} within {timeout:g} s"
-        if not self.ever_connected:
-            return f"{waited}. Is the publisher running? Start it with: uv run server_broadcast.py"
-        if not self.connected:
-            return f"{waited}: the publisher went away and has not come back."
-        return f"{waited}: the publisher is up, but sent nothing starting with '{topic}'."
 
 
 def printable(text: str, limit: int = 80) -> str:

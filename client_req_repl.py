@@ -63,7 +63,7 @@ def request_and_print_replies(args: argparse.Namespace) -> int:
         except zmq.ZMQError as error:
             print(f"Cannot connect: {error}", file=sys.stderr)
             return 1
-        server = Connection(monitor, args.connect)
+        server = Server(monitor, args.connect)
 
         for message in args.messages:
             # The bytes exactly as typed, even ones that are not UTF-8.
@@ -80,8 +80,8 @@ def request_and_print_replies(args: argparse.Namespace) -> int:
         return server.confirm_stop(requester, args.timeout)
 
 
-class Connection:
-    """What the socket monitor tells about the connection to the server."""
+class Server:
+    """The server as this client sees it, through the socket monitor."""
 
     def __init__(self, monitor: zmq.Socket[bytes], endpoint: str) -> None:
         self.monitor = monitor

@@ -77,3 +77,62 @@ def test_a_script_copied_alone_runs_with_uv_run(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("usage: "), result.stdout
+
+
+@pytest.mark.parametrize(
+    ("script", "arguments", "complaint"),
+    [
+        ("client_req_repl.py", ["--timeout", "-1"], "--timeout"),
+        ("client_req_repl.py", ["--timeout", "0"], "--timeout"),
+        ("client_req_repl.py", ["--timeout", "nan"], "--timeout"),
+        ("client_broadcast.py", ["--count", "0"], "--count"),
+        ("client_broadcast.py", ["--timeout", "-5"], "--timeout"),
+        ("server_broadcast.py", ["--interval", "-1"], "--interval"),
+        ("server_broadcast.py", ["--count", "0"], "--count"),
+        ("server_pipeline.py", ["--timeout", "0"], "--timeout"),
+        ("server_pipeline.py", ["--tasks", "0"], "--tasks"),
+        ("server_pipeline.py", ["--workers", "-2"], "--workers"),
+        ("server_pipeline.py", ["v" * 201], "NAME is 201 characters long"),
+        ("client_pipeline.py", ["w" * 201], "NAME is 201 characters long"),
+    ],
+)
+def test_a_value_that_makes_no_sense_is_refused_with_the_usage(
+    launch: Launcher, script: str, arguments: list[str], complaint: str
+) -> None:
+    process = launch.script(script, *arguments)
+
+    assert process.wait() == 2, process.describe()
+    assert process.lines["stderr"][0].startswith("usage: ")
+    assert complaint in process.lines["stderr"][-1]
+    assert "Traceback" not in process.stderr
+
+
+@pytest.mark.parametrize("script", sorted(PARTNERS))
+def test_helpers_copied_between_scripts_are_identical(script: str) -> None:
+    # Each script stands alone, so shared helpers are copies: one fix must reach them all.
+    here = top_level_definitions(ROOT / script)
+    for other in sorted(set(PARTNERS) - {script}):
+        there = top_level_definitions(ROOT / other)
+        for name in sorted(set(here) & set(there) - {"main", "parse_arguments"}):
+            assert here[name] == there[name], f"{name} differs between {script} and {other}"
+
+
+# Constants the helpers depend on; the others (endpoints, size caps) differ on purpose.
+SHARED_CONSTANTS = {"PLAIN_DATA_OPCODES", "MAX_WORKLOAD_MS", "MAX_NAME_CHARACTERS"}
+
+
+def top_level_definitions(path: Path) -> dict[str, str]:
+    """The source of each top-level function, class and constant in a script, by name."""
+    source = path.read_text()
+    tree = ast.parse(source)
+    definitions = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            definitions[node.name] = ast.get_source_segment(source, node) or ""
+        elif (
+            isinstance(node, ast.Assign)
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id in SHARED_CONSTANTS
+        ):
+            definitions[node.targets[0].id] = ast.get_source_segment(source, node) or ""
+    return definitions
