@@ -28,7 +28,8 @@ def test_our_client_against_post_server(launch: Launcher, endpoints: Endpoints) 
 
     assert client.wait() == 0, client.describe()
     client.expect(r"^Received reply b'Hello world 1\*'$")
-    # The post's server ends on STOP without replying: our client did not wait for a reply.
+    # The post's server ends on STOP without replying: the closed connection confirms it.
+    client.expect(r"^Sent STOP: the server closed the connection\.$")
     assert post_server.wait() == 0, post_server.describe()
     assert post_server.lines["stdout"] == ["b'Hello world 1*'", "b'STOP*'"]
 
