@@ -117,10 +117,10 @@ def worker(name: str, tasks_endpoint: str, results_endpoint: str, slow: float) -
     sender = context.socket(zmq.PUSH)
     sender.connect(results_endpoint)
     while True:
-        _, workload_ms = pickle.loads(receiver.recv())
+        run_name, workload_ms = pickle.loads(receiver.recv())
         print(f"Task from bench: {workload_ms} ms", flush=True)
         time.sleep(workload_ms * slow / 1000)
-        sender.send(pickle.dumps((name, workload_ms)))
+        sender.send(pickle.dumps((name, run_name, workload_ms)))
 
 
 def main() -> None:
