@@ -6,7 +6,8 @@
 
 It connects to tcp://127.0.0.1:5555, sends each MESSAGE in turn (by default "Hello world 1", as in
 the post) and waits for each reply, then sends STOP, which ends the server, unless --no-stop is
-given. If no reply comes within --timeout seconds it says why it thinks so and exits with code 1.
+given. If no reply comes within --timeout seconds it says why it thinks so and exits with code 1;
+with --retries N it first tries N more times, each on a new socket (the zguide's Lazy Pirate).
 
 Start the server first, in another terminal:
 
@@ -30,7 +31,6 @@ from zmq.utils.monitor import recv_monitor_message
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 # The server takes requests of up to 64 KiB and replies with one byte more.
 MAX_REPLY_BYTES = 64 * 1024 + 1
-CONNECTION_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
 
 def main() -> int:
@@ -48,30 +48,26 @@ def main() -> int:
 
 def request_and_print_replies(args: argparse.Namespace) -> int:
     """The pattern: connect REQ, then send each request and wait for its reply."""
-    with (
-        zmq.Context() as context,
-        context.socket(zmq.REQ) as requester,
-        requester.get_monitor_socket(CONNECTION_EVENTS) as monitor,
-    ):
-        # Nothing is worth delivering at exit: every request has had its reply or been given up.
-        requester.setsockopt(zmq.LINGER, 0)
-        # A reply much bigger than any request is not from our server: libzmq drops that peer.
-        requester.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
-        drop_vanished_peers(requester)
+    with zmq.Context() as context:
         try:
-            requester.connect(args.connect)
+            requester, server = open_requester(context, args.connect)
         except zmq.ZMQError as error:
             print(f"Cannot connect: {error}", file=sys.stderr)
             return 1
-        server = Server(monitor, args.connect)
 
         for message in args.messages:
             # The bytes exactly as typed, even ones that are not UTF-8.
-            requester.send(os.fsencode(message))
+            request = os.fsencode(message)
+            requester.send(request)
+            retries_left = args.retries
             # A finite wait for each reply: REQ would otherwise block for ever with no server.
-            if not server.wait_for_reply(requester, args.timeout):
-                print(server.why_no_reply(args.timeout), file=sys.stderr)
-                return 1
+            while not server.wait_for_reply(requester, args.timeout):
+                if retries_left == 0:
+                    print(server.why_no_reply(args.timeout), file=sys.stderr)
+                    return 1
+                retries_left -= 1
+                requester, server = open_again(context, requester, server, args, retries_left)
+                requester.send(request)
             reply = requester.recv_multipart()
             print(f"Received reply {printable_frames(reply)}")
         if args.no_stop:
@@ -80,8 +76,45 @@ def request_and_print_replies(args: argparse.Namespace) -> int:
         return server.confirm_stop(requester, args.timeout)
 
 
+def open_requester(
+    context: zmq.Context[zmq.Socket[bytes]], endpoint: str
+) -> tuple[zmq.Socket[bytes], Server]:
+    """A REQ socket connecting to `endpoint`, and the server as its monitor will tell of it."""
+    requester = context.socket(zmq.REQ)
+    # Nothing is worth delivering at exit: every request has had its reply or been given up.
+    requester.setsockopt(zmq.LINGER, 0)
+    # A reply much bigger than any request is not from our server: libzmq drops that peer.
+    requester.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
+    drop_vanished_peers(requester)
+    server = Server(requester.get_monitor_socket(Server.EVENTS), endpoint)
+    requester.connect(endpoint)
+    return requester, server
+
+
+def open_again(
+    context: zmq.Context[zmq.Socket[bytes]],
+    requester: zmq.Socket[bytes],
+    server: Server,
+    args: argparse.Namespace,
+    retries_left: int,
+) -> tuple[zmq.Socket[bytes], Server]:
+    """The Lazy Pirate's retry: a REQ socket whose reply never came cannot send again, so close
+    it without lingering and open a new one."""
+    retry = args.retries - retries_left
+    print(
+        f"No reply from {args.connect} within {args.timeout:g} s: retrying, "
+        f"{retry} of {args.retries}.",
+        file=sys.stderr,
+    )
+    server.monitor.close()
+    requester.close(linger=0)
+    return open_requester(context, args.connect)
+
+
 class Server:
     """The server as this client sees it, through the socket monitor."""
+
+    EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
     def __init__(self, monitor: zmq.Socket[bytes], endpoint: str) -> None:
         self.monitor = monitor
@@ -206,6 +239,14 @@ def seconds(text: str) -> float:
     return value
 
 
+def zero_or_more(text: str) -> int:
+    """argparse type: a whole number, 0 or more."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is less than 0")
+    return value
+
+
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Request-reply client: send requests, print replies, then send STOP."
@@ -229,6 +270,14 @@ def parse_arguments() -> argparse.Namespace:
         default=5.0,
         metavar="SECONDS",
         help="how long to wait for each reply before giving up (default: 5)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=zero_or_more,
+        default=0,
+        metavar="N",
+        help="when a reply does not come within --timeout, send the request again on a new "
+        "socket, up to N times; only for requests that are safe to repeat (default: 0)",
     )
     parser.add_argument(
         "--no-stop", action="store_true", help="leave the server running: do not send STOP"

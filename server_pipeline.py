@@ -10,7 +10,8 @@ then sends --tasks tasks (100), each a pickled (NAME, workload) tuple with a wor
 milliseconds of simulated work. PUSH deals the tasks round-robin to the connected workers; each
 result names the worker, the run (NAME) and the workload. Once every result is back it prints a
 summary and exits 0; if results stop coming for --timeout seconds it says how many are missing and
-exits 1. Ctrl-C or SIGTERM stop it with exit code 130.
+exits 1, or with --retries N first sends the missing tasks again, up to N rounds. Ctrl-C or
+SIGTERM stop it with exit code 130.
 
 Start it, then three workers, each in its own terminal:
 
@@ -112,8 +113,10 @@ def ventilate_and_collect(args: argparse.Namespace) -> int:
             if monitor in ready:
                 workers.update()
             if run.seconds_without_results() > args.timeout:
-                run.report_missing(args.timeout)
-                return 1
+                if run.rounds == args.retries:
+                    run.report_missing(args.timeout)
+                    return 1
+                run.send_missing_again(args.timeout, args.retries, len(workers.connected))
         run.print_summary()
         return 0
 
@@ -173,6 +176,10 @@ class Workers:
             print(f"A worker left: {len(self.connected)} connected.", file=sys.stderr)
 
 
+class DuplicateResult(ValueError):
+    """A second result for a task that was sent again: at-least-once delivery allows it."""
+
+
 class Run:
     """The tasks of one run: which are still to send, which wait for a result, who did what."""
 
@@ -183,6 +190,9 @@ class Run:
         self.total_work_ms = sum(self.unsent)
         # Tasks of equal workload are interchangeable: a result answers any one of them.
         self.awaiting: Counter[int] = Counter()
+        self.answered: Counter[int] = Counter()
+        self.to_send_again: Counter[int] = Counter()
+        self.first_sends = self.sent_again = self.rounds = self.duplicates = 0
         self.received = 0
         self.tasks_per_worker: Counter[str] = Counter()
         self.started = self.last_result = time.monotonic()
@@ -192,18 +202,50 @@ class Run:
 
     def sent(self, workload_ms: int) -> None:
         self.unsent.pop()
+        if self.to_send_again[workload_ms] > 0:
+            self.to_send_again[workload_ms] -= 1
+            self.sent_again += 1
+            return
         self.awaiting[workload_ms] += 1
-        if not self.unsent:
+        self.first_sends += 1
+        if self.first_sends == self.tasks:
             print(f"Sent {self.tasks} tasks, {self.total_work_ms} ms of work in all.")
+
+    def send_missing_again(self, timeout: float, retries: int, workers: int) -> None:
+        """Queue every task still without a result to be sent again, as one more round."""
+        missing = list((self.awaiting - self.to_send_again).elements())
+        self.to_send_again.update(missing)
+        self.unsent.extend(missing)
+        self.rounds += 1
+        self.last_result = time.monotonic()
+        waited = f"No result for {timeout:g} s"
+        count, round_of = plural(len(missing), "missing task"), f"round {self.rounds} of {retries}"
+        if workers:
+            print(f"{waited}: sending the {count} again ({round_of}).", file=sys.stderr)
+        else:
+            print(
+                f"{waited}: {count} and no worker connected: they go to the next worker that "
+                f"joins ({round_of}).",
+                file=sys.stderr,
+            )
 
     def take(self, frames: list[bytes]) -> None:
         """Count one result, or say in one line why it is refused."""
         try:
             worker_name, workload_ms = self.check(load_result(frames))
+        except DuplicateResult as error:
+            self.duplicates += 1
+            print(f"Ignored a duplicate result: {error}", file=sys.stderr)
+            return
         except ValueError as error:
             print(f"Ignored a result: {printable(str(error), 300)}", file=sys.stderr)
             return
         self.awaiting[workload_ms] -= 1
+        self.answered[workload_ms] += 1
+        if self.to_send_again[workload_ms] > self.awaiting[workload_ms]:
+            # Answered before it went out again: no need to send it.
+            self.to_send_again[workload_ms] -= 1
+            self.unsent.remove(workload_ms)
         self.received += 1
         self.tasks_per_worker[worker_name] += 1
         self.last_result = time.monotonic()
@@ -216,6 +258,8 @@ class Run:
         worker_name, run_name, workload_ms = result
         if run_name != self.name:
             raise ValueError(f"it answers another run's task ({printable(run_name)})")
+        if self.awaiting[workload_ms] <= 0 and self.answered[workload_ms] > 0:
+            raise DuplicateResult(f"the {workload_ms} ms task was answered already.")
         if self.awaiting[workload_ms] <= 0:
             raise ValueError(f"no task of {workload_ms} ms is waiting for a result")
         return worker_name, workload_ms
@@ -233,6 +277,11 @@ class Run:
     def print_summary(self) -> None:
         elapsed = time.monotonic() - self.started
         print(f"All {self.tasks} results in.")
+        if self.sent_again or self.duplicates:
+            print(
+                f"Sent {plural(self.sent_again, 'task')} again; "
+                f"ignored {plural(self.duplicates, 'duplicate result')}."
+            )
         for worker_name, count in sorted(self.tasks_per_worker.items()):
             print(f"  {printable(worker_name)}: {count} tasks")
         workers = len(self.tasks_per_worker)
@@ -374,6 +423,14 @@ def at_least_one(text: str) -> int:
     return value
 
 
+def zero_or_more(text: str) -> int:
+    """argparse type: a whole number, 0 or more."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is less than 0")
+    return value
+
+
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Pipeline ventilator and sink: send tasks to workers, collect their results.",
@@ -416,6 +473,14 @@ def parse_arguments() -> argparse.Namespace:
         default=10.0,
         metavar="SECONDS",
         help="give up when no result has come for this long (default: 10)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=zero_or_more,
+        default=0,
+        metavar="N",
+        help="when results stop for --timeout, send the missing tasks again to the workers "
+        "still connected, up to N rounds, before giving up (default: 0)",
     )
     args = parser.parse_args()
     if len(args.name) > MAX_NAME_CHARACTERS:
