@@ -31,6 +31,7 @@ from zmq.utils.monitor import recv_monitor_message
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 # The publisher's messages are about 30 bytes: a frame far bigger is not from it.
 MAX_MESSAGE_BYTES = 16 * 1024
+SHOWN_CHARACTERS = 300
 
 
 def main() -> int:
@@ -72,11 +73,20 @@ def print_messages(args: argparse.Namespace) -> int:
             if not wait_for_message(publisher, args.timeout):
                 print(why_nothing_came(publisher, args.timeout, topic), file=sys.stderr)
                 return 1
-            frames = subscriber.recv_multipart()
-            # Publishers may send any bytes: escape what is not UTF-8 or not printable.
-            text = " ".join(frame.decode("utf-8", errors="backslashreplace") for frame in frames)
-            print(printable(text, 300))
+            frames = subscriber.recv_multipart(copy=False)
+            print(message_text(frames))
         return 0
+
+
+def message_text(frames: list[zmq.Frame]) -> str:
+    """The message on one line: the start of its first frames, with what is not UTF-8 or not
+    printable escaped. Only what is shown is decoded: a message may be megabytes long."""
+    shown = [
+        bytes(frame.buffer[: SHOWN_CHARACTERS + 1]).decode("utf-8", errors="backslashreplace")
+        for frame in frames[:3]
+    ]
+    text = " ".join(shown) + (" ..." if len(frames) > 3 else "")
+    return printable(text, SHOWN_CHARACTERS)
 
 
 def wait_for_message(publisher: Connection, timeout: float | None) -> bool:
@@ -128,7 +138,7 @@ class Connection:
         if self.lost_at and time.monotonic() - self.lost_at > self.GIVEN_UP_AFTER_SECONDS:
             print(
                 f"Dropped {self.endpoint} for breaking the protocol (a message over "
-                f"{self.limit:,} bytes?): connecting again.",
+                f"{self.limit:,} bytes, or the wrong kind of socket): connecting again.",
                 file=sys.stderr,
             )
             self.socket.disconnect(self.endpoint)
@@ -206,6 +216,15 @@ def at_least_one(text: str) -> int:
     return value
 
 
+def endpoint(text: str) -> str:
+    """argparse type: an endpoint that libzmq can take (pyzmq passes it on as UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{text!r} holds bytes that are not UTF-8") from None
+    return text
+
+
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Publish-subscribe subscriber: print the messages that start with a topic."
@@ -213,6 +232,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--connect",
         default=DEFAULT_ENDPOINT,
+        type=endpoint,
         metavar="ENDPOINT",
         help=f"publisher endpoint, tcp:// or ipc:// (default: {DEFAULT_ENDPOINT})",
     )

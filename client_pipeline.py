@@ -65,7 +65,8 @@ def work(args: argparse.Namespace) -> int:
         zmq.Context() as context,
         context.socket(zmq.PULL) as receiver,
         context.socket(zmq.PUSH) as sender,
-        receiver.get_monitor_socket(Connection.EVENTS) as monitor,
+        receiver.get_monitor_socket(Connection.EVENTS) as receiver_monitor,
+        sender.get_monitor_socket(Connection.EVENTS) as sender_monitor,
     ):
         # Tasks are tiny: a bigger frame is not from our ventilator, and libzmq drops that peer.
         receiver.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
@@ -73,6 +74,8 @@ def work(args: argparse.Namespace) -> int:
         # At exit, queued results get half a second to reach the sink, then are dropped: a live
         # sink takes them in milliseconds, and a dead one must not hold up Ctrl-C.
         sender.setsockopt(zmq.LINGER, 500)
+        # The sink sends nothing to a PUSH socket, but libzmq would keep whatever a peer sent.
+        sender.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         drop_vanished_peers(receiver)
         drop_vanished_peers(sender)
         for socket, endpoint in ((receiver, args.connect), (sender, args.results)):
@@ -86,11 +89,13 @@ def work(args: argparse.Namespace) -> int:
         )
         print("Waiting for tasks (Ctrl-C to stop).")
 
-        ventilator = Connection(receiver, monitor, args.connect, MAX_MESSAGE_BYTES)
+        ventilator = Connection(receiver, receiver_monitor, args.connect, MAX_MESSAGE_BYTES)
+        sink = Connection(sender, sender_monitor, args.results, MAX_MESSAGE_BYTES)
         while True:
             # Wait in 0.1 s slices, so that Ctrl-C is seen at once.
             if not receiver.poll(100):
                 ventilator.update()
+                sink.update()
                 continue
             try:
                 sender_name, workload_ms = load_task(receiver.recv_multipart())
@@ -99,18 +104,19 @@ def work(args: argparse.Namespace) -> int:
                 continue
             print(f"Task from {printable(sender_name)}: {workload_ms} ms")
             sleep(workload_ms / 1000)
-            send_when_there_is_room(sender, pickle.dumps((args.name, sender_name, workload_ms)))
+            send_when_there_is_room(sink, pickle.dumps((args.name, sender_name, workload_ms)))
 
 
-def send_when_there_is_room(sender: zmq.Socket[bytes], message: bytes) -> None:
+def send_when_there_is_room(sink: Connection, message: bytes) -> None:
     """Send, waiting while the sink is away and 1,000 results already wait for it."""
     while True:
         try:
-            sender.send(message, zmq.NOBLOCK)
+            sink.socket.send(message, zmq.NOBLOCK)
             return
         except zmq.Again:
             # Wait in 0.1 s slices, so that Ctrl-C is seen at once.
-            sender.poll(100, zmq.POLLOUT)
+            sink.socket.poll(100, zmq.POLLOUT)
+            sink.update()
 
 
 class Connection:
@@ -141,7 +147,7 @@ class Connection:
         if self.lost_at and time.monotonic() - self.lost_at > self.GIVEN_UP_AFTER_SECONDS:
             print(
                 f"Dropped {self.endpoint} for breaking the protocol (a message over "
-                f"{self.limit:,} bytes?): connecting again.",
+                f"{self.limit:,} bytes, or the wrong kind of socket): connecting again.",
                 file=sys.stderr,
             )
             self.socket.disconnect(self.endpoint)
@@ -268,6 +274,15 @@ def sleep(seconds: float) -> None:
         time.sleep(min(remaining, 0.1))
 
 
+def endpoint(text: str) -> str:
+    """argparse type: an endpoint that libzmq can take (pyzmq passes it on as UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{text!r} holds bytes that are not UTF-8") from None
+    return text
+
+
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Pipeline worker: pull tasks, simulate the work, push results to the sink."
@@ -281,12 +296,14 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--connect",
         default=DEFAULT_TASKS_ENDPOINT,
+        type=endpoint,
         metavar="ENDPOINT",
         help=f"ventilator endpoint to pull tasks from (default: {DEFAULT_TASKS_ENDPOINT})",
     )
     parser.add_argument(
         "--results",
         default=DEFAULT_RESULTS_ENDPOINT,
+        type=endpoint,
         metavar="ENDPOINT",
         help=f"sink endpoint to push results to (default: {DEFAULT_RESULTS_ENDPOINT})",
     )

@@ -150,10 +150,18 @@ class Server:
                 f"{waited}: the connection was lost (the server stopped, or refused a request "
                 "over its size limit)."
             )
+        if not self.connected:
+            return (
+                f"{waited}: the server had closed the connection, and nothing has answered since."
+            )
         return f"{waited}: the server is connected but has not answered."
 
     def confirm_stop(self, requester: zmq.Socket[bytes], timeout: float) -> int:
         """Wait for the server to answer STOP (ours does) or close the connection (the post's)."""
+        self.update()
+        if not self.connected:
+            print("Sent STOP, but the server had already closed the connection.", file=sys.stderr)
+            return 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if requester.poll(100):
@@ -246,6 +254,15 @@ def zero_or_more(text: str) -> int:
     return value
 
 
+def endpoint(text: str) -> str:
+    """argparse type: an endpoint that libzmq can take (pyzmq passes it on as UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{text!r} holds bytes that are not UTF-8") from None
+    return text
+
+
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Request-reply client: send requests, print replies, then send STOP."
@@ -260,6 +277,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--connect",
         default=DEFAULT_ENDPOINT,
+        type=endpoint,
         metavar="ENDPOINT",
         help=f"server endpoint, tcp:// or ipc:// (default: {DEFAULT_ENDPOINT})",
     )

@@ -161,6 +161,15 @@ def seconds_or_zero(text: str) -> float:
     return value
 
 
+def endpoint(text: str) -> str:
+    """argparse type: an endpoint that libzmq can take (pyzmq passes it on as UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{text!r} holds bytes that are not UTF-8") from None
+    return text
+
+
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Publish-subscribe publisher: broadcast 'TIME' + the current time.",
@@ -170,6 +179,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--bind",
         default=DEFAULT_ENDPOINT,
+        type=endpoint,
         metavar="ENDPOINT",
         help=f"ZeroMQ endpoint to bind, tcp:// or ipc:// (default: {DEFAULT_ENDPOINT})",
     )

@@ -42,6 +42,7 @@ DEFAULT_RESULTS_ENDPOINT = "tcp://127.0.0.1:5558"
 MAX_MESSAGE_BYTES = 4096
 MAX_WORKLOAD_MS = 10_000
 MAX_NAME_CHARACTERS = 200
+MAX_TASKS = 1_000_000
 # Start sending once no worker has joined for this long: workers started before the ventilator
 # retry every 0.1 s, and each should get its share.
 JOIN_QUIET_SECONDS = 0.2
@@ -83,6 +84,8 @@ def ventilate_and_collect(args: argparse.Namespace) -> int:
         ventilator.setsockopt(zmq.ZAP_DOMAIN, b"pipeline")
         # Unsent tasks are worthless once the run is over or given up: never wait for them at exit.
         ventilator.setsockopt(zmq.LINGER, 0)
+        # Workers send nothing to a PUSH socket, but libzmq would keep whatever a peer sent.
+        ventilator.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         sink.setsockopt(zmq.LINGER, 0)
         # Anyone who can connect can send results: libzmq drops a peer whose frame is too big.
         sink.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
@@ -146,11 +149,16 @@ class Workers:
         while len(self.connected) < wanted:
             if self.monitor.poll(100):
                 self.update(wanted)
-        while self.monitor.poll(int(JOIN_QUIET_SECONDS * 1000)):
-            self.update(wanted)
+        # Only a worker joining extends the wait, and never past a second: connections that
+        # come and go (a port scanner) must not hold the start up.
+        give_up_at = time.monotonic() + 5 * JOIN_QUIET_SECONDS
+        start_at = time.monotonic() + JOIN_QUIET_SECONDS
+        while (remaining := start_at - time.monotonic()) > 0:
+            if self.monitor.poll(max(1, int(remaining * 1000))) and self.update(wanted) > 0:
+                start_at = min(time.monotonic() + JOIN_QUIET_SECONDS, give_up_at)
 
-    def update(self, wanted: int | None = None) -> None:
-        """Take one monitor event and print the count when it changes."""
+    def update(self, wanted: int | None = None) -> int:
+        """Take one monitor event, print the count when it changes, and return the change."""
         event = recv_monitor_message(self.monitor)
         fd = event["value"]
         before = len(self.connected)
@@ -166,7 +174,7 @@ class Workers:
             if fd in self.handshaking:
                 self.handshaking.remove(fd)
         if len(self.connected) == before:
-            return
+            return 0
         if wanted is not None:
             of_wanted = f" of {wanted}" if len(self.connected) <= wanted else ""
             print(f"Workers connected: {len(self.connected)}{of_wanted}")
@@ -174,6 +182,7 @@ class Workers:
             print(f"A worker joined: {len(self.connected)} connected.")
         else:
             print(f"A worker left: {len(self.connected)} connected.", file=sys.stderr)
+        return len(self.connected) - before
 
 
 class DuplicateResult(ValueError):
@@ -430,6 +439,15 @@ def zero_or_more(text: str) -> int:
     return value
 
 
+def endpoint(text: str) -> str:
+    """argparse type: an endpoint that libzmq can take (pyzmq passes it on as UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{text!r} holds bytes that are not UTF-8") from None
+    return text
+
+
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Pipeline ventilator and sink: send tasks to workers, collect their results.",
@@ -447,12 +465,14 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--bind",
         default=DEFAULT_TASKS_ENDPOINT,
+        type=endpoint,
         metavar="ENDPOINT",
         help=f"endpoint that hands out tasks (default: {DEFAULT_TASKS_ENDPOINT})",
     )
     parser.add_argument(
         "--results",
         default=DEFAULT_RESULTS_ENDPOINT,
+        type=endpoint,
         metavar="ENDPOINT",
         help=f"endpoint that collects results (default: {DEFAULT_RESULTS_ENDPOINT})",
     )
@@ -482,6 +502,8 @@ def parse_arguments() -> argparse.Namespace:
         "still connected, up to N rounds, before giving up (default: 0)",
     )
     args = parser.parse_args()
+    if args.tasks > MAX_TASKS:
+        parser.error(f"--tasks {args.tasks} is more than {MAX_TASKS:,}")
     if len(args.name) > MAX_NAME_CHARACTERS:
         parser.error(f"NAME is {len(args.name)} characters long: at most {MAX_NAME_CHARACTERS}")
     return args

@@ -67,7 +67,8 @@ def serve(args: argparse.Namespace) -> int:
 
         while True:
             try:
-                frames = responder.recv_multipart()
+                # Frames that stay in libzmq's memory: a request is not copied to be refused.
+                frames = responder.recv_multipart(copy=False)
             except zmq.Again:
                 continue
             if len(frames) != 1:
@@ -75,7 +76,7 @@ def serve(args: argparse.Namespace) -> int:
                 print(f"Ignored a request of {len(frames)} frames: expected 1.", file=sys.stderr)
                 responder.send(b"ERROR: send the request as a single frame")
                 continue
-            request = frames[0]
+            request = frames[0].bytes
             print(f"Received {printable_bytes(request)}")
             responder.send(request + b"*")
             if request == b"STOP":
@@ -135,6 +136,15 @@ def output_closed() -> int:
     return 141
 
 
+def endpoint(text: str) -> str:
+    """argparse type: an endpoint that libzmq can take (pyzmq passes it on as UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{text!r} holds bytes that are not UTF-8") from None
+    return text
+
+
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Request-reply server: reply to each request with the request plus '*'.",
@@ -144,6 +154,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--bind",
         default=DEFAULT_ENDPOINT,
+        type=endpoint,
         metavar="ENDPOINT",
         help=f"ZeroMQ endpoint to bind, tcp:// or ipc:// (default: {DEFAULT_ENDPOINT})",
     )

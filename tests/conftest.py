@@ -7,6 +7,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -290,3 +291,23 @@ def wait_for_event(monitor: zmq.Socket[bytes], event: int, timeout: float = WAIT
         if arrived and recv_monitor_message(monitor)["event"] == event:
             return
     raise AssertionError(f"no {zmq.Event(event).name} event within {timeout:g} s")
+
+
+def zmtp_handshake(connection: socket.socket, socket_type: bytes) -> None:
+    """Speak a ZMTP 3.0 NULL handshake by hand on a TCP connection, as `socket_type`: what a
+    hostile peer does to reach past what pyzmq would let it send."""
+    connection.settimeout(WAIT)
+    greeting = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00")
+    connection.sendall(greeting + b"\x00" * 32)
+    received = b""
+    while len(received) < 64:
+        chunk = connection.recv(64 - len(received))
+        assert chunk, "the peer closed the connection during the greeting"
+        received += chunk
+    ready = b"\x05READY\x0bSocket-Type" + struct.pack(">I", len(socket_type)) + socket_type
+    connection.sendall(b"\x04" + bytes([len(ready)]) + ready)
+
+
+def zmtp_frame(body: bytes, more: bool = False) -> bytes:
+    """One ZMTP 3.0 message frame, in its long form."""
+    return bytes([0x02 | (0x01 if more else 0)]) + struct.pack(">Q", len(body)) + body

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
+import signal
+import socket
 import time
 from pathlib import Path
 
 import pytest
 import zmq
 
-from conftest import WAIT, Endpoints, Launcher, Pipeline, Process, receive, wait_for_event
+from conftest import (
+    WAIT,
+    Endpoints,
+    Launcher,
+    Pipeline,
+    Process,
+    receive,
+    tasks_per_worker,
+    wait_for_event,
+    zmtp_frame,
+    zmtp_handshake,
+)
 
 Context = zmq.Context[zmq.Socket[bytes]]
 
@@ -300,3 +314,74 @@ def test_sink_survives_costly_results_and_prints_names_escaped(
     ventilator.expect(rf"^  {shown}: 1 tasks$")
     assert "All 2 results in." not in ventilator.lines["stdout"]
     assert_printable(ventilator)
+
+
+def test_the_ventilator_drops_a_peer_that_sends_to_its_task_socket(
+    launch: Launcher, endpoints: Endpoints
+) -> None:
+    pipeline = Pipeline(launch, endpoints.tcp(), endpoints.ipc("results"))
+    port = int(pipeline.tasks.rsplit(":", 1)[1])
+    ventilator = pipeline.ventilator("--workers", "1", "--tasks", "3")
+    idle_memory = ventilator.peak_memory_bytes()
+
+    # A PULL peer, as far as the handshake goes, that then sends 100 MB to the PUSH socket.
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as hostile:
+        zmtp_handshake(hostile, b"PULL")
+        # Dropped before it could send it all, and then reset: what is wanted.
+        with contextlib.suppress(OSError):
+            hostile.sendall(zmtp_frame(b"x" * 100_000_000))
+        with contextlib.suppress(ConnectionResetError):
+            while hostile.recv(65536):
+                pass
+
+    assert ventilator.peak_memory_bytes() - idle_memory < 50 * 2**20
+    pipeline.worker("w")
+    assert ventilator.wait() == 0, ventilator.describe()
+    assert tasks_per_worker(ventilator) == {"w": 3}
+
+
+def test_a_worker_dropped_by_a_wrong_sink_connects_again_to_the_right_one(
+    launch: Launcher, endpoints: Endpoints, context: Context
+) -> None:
+    pipeline = Pipeline(launch, endpoints.ipc("tasks"), endpoints.tcp())
+    # A request-reply server started on the results port by mistake: libzmq refuses a PUSH
+    # peer there and does not try again.
+    wrong = launch.reply_server(pipeline.results)
+    worker = pipeline.worker("w")
+    worker.expect(r"^Dropped tcp://\S+ for breaking the protocol", stream="stderr")
+    wrong.signal(signal.SIGTERM)
+    wrong.wait()
+
+    # A result queued as the last wrong connection is dropped goes with it: --retries covers it.
+    ventilator = pipeline.ventilator(
+        "--workers", "1", "--tasks", "3", "--timeout", "1", "--retries", "2"
+    )
+
+    assert ventilator.wait() == 0, ventilator.describe() + worker.describe()
+    assert tasks_per_worker(ventilator) == {"w": 3}
+
+
+def test_a_subscriber_given_a_message_of_many_frames_prints_its_start_only(
+    launch: Launcher, endpoints: Endpoints, context: Context
+) -> None:
+    publisher = context.socket(zmq.PUB)
+    publisher.bind(endpoints.ipc("pubsub"))
+    subscriber = launch.script(
+        "client_broadcast.py", "--connect", endpoints.ipc("pubsub"), "--count", "2"
+    )
+    subscriber.expect("^Waiting for 2 messages")
+    idle_memory, idle_cpu = subscriber.peak_memory_bytes(), subscriber.cpu_seconds()
+
+    # 16 MiB in a thousand frames, each under the cap: decoded and escaped whole, 150 MiB.
+    frames = [b"TIME"] + [b"\xff" * 16_000] * 1000
+    # PUB drops what it sends before the subscription arrives: send until one gets through.
+    deadline = time.monotonic() + WAIT
+    while len(subscriber.lines["stdout"]) < 2 and time.monotonic() < deadline:
+        publisher.send_multipart(frames)
+        time.sleep(0.05)
+    subscriber.expect(r"^TIME \\xff")
+    assert subscriber.peak_memory_bytes() - idle_memory < 50 * 2**20
+    assert subscriber.cpu_seconds() - idle_cpu < 1.0
+    publisher.send_multipart(frames)
+    assert subscriber.wait() == 0, subscriber.describe()
+    assert all(len(line) < 400 for line in subscriber.lines["stdout"])

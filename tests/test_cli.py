@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 import subprocess
 import sys
@@ -94,6 +95,13 @@ def test_a_script_copied_alone_runs_with_uv_run(tmp_path: Path) -> None:
         ("server_pipeline.py", ["--workers", "-2"], "--workers"),
         ("server_pipeline.py", ["v" * 201], "NAME is 201 characters long"),
         ("client_pipeline.py", ["w" * 201], "NAME is 201 characters long"),
+        ("server_pipeline.py", ["--tasks", "2000000"], "more than 1,000,000"),
+        ("server_req_repl.py", ["--bind", os.fsdecode(b"ipc:///tmp/\xff")], "not UTF-8"),
+        ("client_req_repl.py", ["--connect", os.fsdecode(b"ipc:///tmp/\xff")], "not UTF-8"),
+        ("server_broadcast.py", ["--bind", os.fsdecode(b"ipc:///tmp/\xff")], "not UTF-8"),
+        ("client_broadcast.py", ["--connect", os.fsdecode(b"ipc:///tmp/\xff")], "not UTF-8"),
+        ("server_pipeline.py", ["--results", os.fsdecode(b"ipc:///tmp/\xff")], "not UTF-8"),
+        ("client_pipeline.py", ["--connect", os.fsdecode(b"ipc:///tmp/\xff")], "not UTF-8"),
     ],
 )
 def test_a_value_that_makes_no_sense_is_refused_with_the_usage(

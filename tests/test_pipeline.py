@@ -6,6 +6,7 @@ import pickle
 import re
 import signal
 import socket
+import time
 
 import zmq
 
@@ -321,3 +322,21 @@ def test_a_worker_whose_ventilator_restarts_takes_its_tasks(pipeline: Pipeline) 
     assert tasks_per_worker(second) == {"w": 3}
     # libzmq reconnected by itself: nothing to say about it.
     assert worker.lines["stderr"] == [], worker.describe()
+
+
+def test_connections_that_come_and_go_do_not_hold_up_the_start(
+    launch: Launcher, endpoints: Endpoints
+) -> None:
+    pipeline = Pipeline(launch, endpoints.tcp(), endpoints.ipc("results"))
+    port = int(pipeline.tasks.rsplit(":", 1)[1])
+    ventilator = pipeline.ventilator("--workers", "1", "--tasks", "3")
+    pipeline.worker("w")
+
+    # A port scanner knocking every 50 ms: only a worker joining may delay the start.
+    deadline = time.monotonic() + WAIT
+    while "Sent 3 tasks" not in ventilator.stdout and time.monotonic() < deadline:
+        socket.create_connection(("127.0.0.1", port), timeout=WAIT).close()
+        time.sleep(0.05)
+
+    assert ventilator.wait() == 0, ventilator.describe()
+    assert tasks_per_worker(ventilator) == {"w": 3}

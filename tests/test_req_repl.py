@@ -179,3 +179,33 @@ def test_a_long_request_is_printed_cut_to_one_line(launch: Launcher, endpoints: 
     assert client.wait() == 0, client.describe()
     client.expect(r"^Received reply b'y{200}'\.\.\. \(60,001 bytes\)$")
     server.expect(r"^Received b'y{200}'\.\.\. \(60,000 bytes\)$")
+
+
+def test_a_server_that_went_away_between_requests_is_not_called_silent(
+    launch: Launcher, endpoints: Endpoints, context: Context
+) -> None:
+    endpoint = endpoints.ipc("reqrep")
+    server = context.socket(zmq.REP)
+    server.bind(endpoint)
+    client = launch.script(
+        "client_req_repl.py",
+        "--connect",
+        endpoint,
+        "--timeout",
+        "1",
+        "--no-stop",
+        "first",
+        "second",
+    )
+    assert receive(server) == [b"first"]
+    server.send(b"first*")
+    server.close(linger=1000)
+
+    assert client.wait() == 1, client.describe()
+    [line] = client.lines["stderr"]
+    assert line in (
+        f"No reply from {endpoint} within 1 s: the server had closed the connection, and "
+        "nothing has answered since.",
+        f"No reply from {endpoint} within 1 s: the connection was lost (the server stopped, or "
+        "refused a request over its size limit).",
+    )
