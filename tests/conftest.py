@@ -13,7 +13,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -252,6 +252,16 @@ class Pipeline:
         process.expect(r"^Waiting for tasks")
         return process
 
+    def play_worker(
+        self, context: zmq.Context[zmq.Socket[bytes]]
+    ) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
+        """Bare PULL and PUSH sockets on the two endpoints, for a test that plays the worker."""
+        tasks = context.socket(zmq.PULL)
+        tasks.connect(self.tasks)
+        results = context.socket(zmq.PUSH)
+        results.connect(self.results)
+        return tasks, results
+
 
 @pytest.fixture
 def pipeline(launch: Launcher, endpoints: Endpoints) -> Pipeline:
@@ -281,6 +291,18 @@ def receive(socket: zmq.Socket[bytes], timeout: float = WAIT) -> list[bytes]:
     if not socket.poll(int(timeout * 1000)):
         raise AssertionError(f"no message within {timeout:g} s")
     return socket.recv_multipart()
+
+
+def publish_until(
+    publisher: zmq.Socket[bytes], done: Callable[[], bool], *messages: list[bytes]
+) -> None:
+    """Send `messages` in turn, again and again, until `done()`: PUB drops what it sends before
+    a subscription has arrived, and the test cannot see when that is."""
+    deadline = time.monotonic() + WAIT
+    while not done() and time.monotonic() < deadline:
+        for frames in messages:
+            publisher.send_multipart(frames)
+        time.sleep(0.02)
 
 
 def wait_for_event(monitor: zmq.Socket[bytes], event: int, timeout: float = WAIT) -> None:

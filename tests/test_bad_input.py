@@ -8,7 +8,6 @@ import pickle
 import re
 import signal
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from conftest import (
     Launcher,
     Pipeline,
     Process,
+    publish_until,
     receive,
     tasks_per_worker,
     wait_for_event,
@@ -214,11 +214,9 @@ def test_subscriber_prints_bytes_that_are_not_utf8(
     )
     subscriber.expect("^Waiting for 2 messages")
 
-    # PUB drops what it sends before the subscription arrives: publish until the subscriber is done.
-    deadline = time.monotonic() + WAIT
-    while subscriber.popen.poll() is None and time.monotonic() < deadline:
-        publisher.send(b"TIME\xff\xfe caf\xc3\xa9")
-        time.sleep(0.02)
+    publish_until(
+        publisher, lambda: subscriber.popen.poll() is not None, [b"TIME\xff\xfe caf\xc3\xa9"]
+    )
 
     assert subscriber.wait() == 0, subscriber.describe()
     assert subscriber.lines["stdout"][1:] == [r"TIME\xff\xfe café"] * 2
@@ -374,11 +372,7 @@ def test_a_subscriber_given_a_message_of_many_frames_prints_its_start_only(
 
     # 16 MiB in a thousand frames, each under the cap: decoded and escaped whole, 150 MiB.
     frames = [b"TIME"] + [b"\xff" * 16_000] * 1000
-    # PUB drops what it sends before the subscription arrives: send until one gets through.
-    deadline = time.monotonic() + WAIT
-    while len(subscriber.lines["stdout"]) < 2 and time.monotonic() < deadline:
-        publisher.send_multipart(frames)
-        time.sleep(0.05)
+    publish_until(publisher, lambda: len(subscriber.lines["stdout"]) >= 2, frames)
     subscriber.expect(r"^TIME \\xff")
     assert subscriber.peak_memory_bytes() - idle_memory < 50 * 2**20
     assert subscriber.cpu_seconds() - idle_cpu < 1.0

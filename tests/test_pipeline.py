@@ -166,25 +166,29 @@ def test_an_idle_http_client_on_the_task_port_gets_no_task(
         assert refused
 
 
+# A worker that answers each task at once, and says when it has answered a hundred.
+QUICK_WORKER = (
+    "import pickle, sys, zmq\n"
+    "context = zmq.Context()\n"
+    "tasks = context.socket(zmq.PULL)\n"
+    "tasks.connect(sys.argv[1])\n"
+    "results = context.socket(zmq.PUSH)\n"
+    "results.connect(sys.argv[2])\n"
+    "for number in range(1, 1_000_000):\n"
+    "    name, workload = pickle.loads(tasks.recv())\n"
+    "    results.send(pickle.dumps(('quick', name, workload)))\n"
+    "    if number == 100:\n"
+    "        print('answered 100', flush=True)\n"
+)
+
+
 def test_twenty_thousand_tasks_through_one_worker_that_answers_at_once(
     launch: Launcher, pipeline: Pipeline
 ) -> None:
     ventilator = pipeline.ventilator("--workers", "1", "--tasks", "20000", "--timeout", "5")
     # Sending everything before reading any result deadlocked: both queues full, both sides
     # blocked on a send.
-    launch.python(
-        "import pickle, sys, zmq\n"
-        "context = zmq.Context()\n"
-        "tasks = context.socket(zmq.PULL)\n"
-        "tasks.connect(sys.argv[1])\n"
-        "results = context.socket(zmq.PUSH)\n"
-        "results.connect(sys.argv[2])\n"
-        "while True:\n"
-        "    name, workload = pickle.loads(tasks.recv())\n"
-        "    results.send(pickle.dumps(('quick', name, workload)))\n",
-        pipeline.tasks,
-        pipeline.results,
-    )
+    launch.python(QUICK_WORKER, pipeline.tasks, pipeline.results)
 
     assert ventilator.wait(timeout=WAIT * 3) == 0, ventilator.describe()
     assert tasks_per_worker(ventilator) == {"quick": 20000}
@@ -194,21 +198,7 @@ def test_a_worker_killed_while_tasks_are_still_being_sent_ends_in_the_timeout(
     launch: Launcher, pipeline: Pipeline
 ) -> None:
     ventilator = pipeline.ventilator("--workers", "1", "--tasks", "20000", "--timeout", "1")
-    worker = launch.python(
-        "import pickle, sys, zmq\n"
-        "context = zmq.Context()\n"
-        "tasks = context.socket(zmq.PULL)\n"
-        "tasks.connect(sys.argv[1])\n"
-        "results = context.socket(zmq.PUSH)\n"
-        "results.connect(sys.argv[2])\n"
-        "for number in range(1, 20001):\n"
-        "    name, workload = pickle.loads(tasks.recv())\n"
-        "    results.send(pickle.dumps(('doomed', name, workload)))\n"
-        "    if number == 100:\n"
-        "        print('answered 100', flush=True)\n",
-        pipeline.tasks,
-        pipeline.results,
-    )
+    worker = launch.python(QUICK_WORKER, pipeline.tasks, pipeline.results)
     worker.expect("^answered 100$")
     worker.signal(signal.SIGKILL)
 
@@ -220,10 +210,7 @@ def test_a_worker_killed_while_tasks_are_still_being_sent_ends_in_the_timeout(
 def test_results_of_an_earlier_run_do_not_count_in_the_next(
     pipeline: Pipeline, context: Context
 ) -> None:
-    tasks = context.socket(zmq.PULL)
-    tasks.connect(pipeline.tasks)
-    results = context.socket(zmq.PUSH)
-    results.connect(pipeline.results)
+    tasks, results = pipeline.play_worker(context)
     first = pipeline.ventilator("--workers", "1", "--tasks", "3")
     earlier = [pickle.loads(receive(tasks)[0]) for _ in range(3)]
     first.signal(signal.SIGTERM)
@@ -247,10 +234,7 @@ def test_results_of_an_earlier_run_do_not_count_in_the_next(
 def test_a_result_for_no_task_that_is_waiting_is_refused(
     pipeline: Pipeline, context: Context
 ) -> None:
-    tasks = context.socket(zmq.PULL)
-    tasks.connect(pipeline.tasks)
-    results = context.socket(zmq.PUSH)
-    results.connect(pipeline.results)
+    tasks, results = pipeline.play_worker(context)
     ventilator = pipeline.ventilator("--workers", "1", "--tasks", "2")
     (run_name, first), (_, second) = (pickle.loads(receive(tasks)[0]) for _ in range(2))
     never_sent = next(workload for workload in range(1, 101) if workload not in (first, second))

@@ -136,10 +136,7 @@ def test_with_every_worker_gone_the_ventilator_says_so_and_gives_up_after_its_re
 def test_a_result_that_comes_after_its_task_was_sent_again_counts_once(
     pipeline: Pipeline, context: Context
 ) -> None:
-    tasks = context.socket(zmq.PULL)
-    tasks.connect(pipeline.tasks)
-    results = context.socket(zmq.PUSH)
-    results.connect(pipeline.results)
+    tasks, results = pipeline.play_worker(context)
     ventilator = pipeline.ventilator(
         "--workers", "1", "--tasks", "3", "--timeout", "1", "--retries", "1"
     )
