@@ -37,8 +37,7 @@ def main() -> int:
     try:
         return serve(args)
     except KeyboardInterrupt:
-        print("Interrupted: shutting down.", file=sys.stderr)
-        return 130
+        return interrupted("Interrupted: shutting down.")
     except BrokenPipeError:
         return output_closed()
 
@@ -128,6 +127,15 @@ def stop_on_first_signal() -> None:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+
+
+def interrupted(message: str) -> int:
+    """Say why the script stops, if anyone still reads stderr, and return Ctrl-C's exit code."""
+    try:
+        print(message, file=sys.stderr)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+    return 130
 
 
 def output_closed() -> int:

@@ -192,3 +192,23 @@ def test_a_closed_output_pipe_ends_the_script_quietly(endpoints: Endpoints) -> N
     finally:
         publisher.kill()
         publisher.wait()
+
+
+def test_sigterm_after_the_output_pipe_closed_still_exits_130(endpoints: Endpoints) -> None:
+    # As with `2>&1 | head -n 1`, then a SIGTERM: the Interrupted line has nowhere to go.
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "server_req_repl.py"), "--bind", endpoints.ipc("reqrep")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().startswith(b"Request-reply server on ")
+        server.stdout.close()
+
+        server.send_signal(signal.SIGTERM)
+
+        assert server.wait(WAIT) == 130
+    finally:
+        server.kill()
+        server.wait()
