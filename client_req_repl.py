@@ -128,8 +128,6 @@ class Server:
 
     def wait_for_reply(self, requester: zmq.Socket[bytes], timeout: float) -> bool:
         """True once a reply is there, False after `timeout` seconds."""
-        self.update()
-        self.lost_while_waiting = False
         # Poll in 0.1 s slices rather than block: a Ctrl-C that lands just before a blocking
         # call begins is only acted on when that call returns.
         deadline = time.monotonic() + timeout
@@ -137,6 +135,9 @@ class Server:
             self.update()
             if time.monotonic() >= deadline:
                 return False
+        # From here on a lost connection is news: it happened after this reply came.
+        self.update()
+        self.lost_while_waiting = False
         return True
 
     def why_no_reply(self, timeout: float) -> str:
