@@ -159,7 +159,7 @@ class Server:
     def confirm_stop(self, requester: zmq.Socket[bytes], timeout: float) -> int:
         """Wait for the server to answer STOP (ours does) or close the connection (the post's)."""
         self.update()
-        if not self.connected:
+        if self.lost_while_waiting:
             print("Sent STOP, but the server had already closed the connection.", file=sys.stderr)
             return 1
         deadline = time.monotonic() + timeout
@@ -169,7 +169,7 @@ class Server:
                 print(f"Sent STOP: the server confirmed it ({reply}) and shuts down.")
                 return 0
             self.update()
-            if not self.connected:
+            if self.lost_while_waiting:
                 print("Sent STOP: the server closed the connection.")
                 return 0
         print(
