@@ -71,8 +71,7 @@ def request_and_print_replies(args: argparse.Namespace) -> int:
             print(f"Received reply {printable_frames(reply)}")
         if args.no_stop:
             return 0
-        requester.send(b"STOP")
-        return server.confirm_stop(requester, args.timeout)
+        return server.stop(requester, args.timeout)
 
 
 def open_requester(
@@ -156,12 +155,14 @@ class Server:
             )
         return f"{waited}: the server is connected but has not answered."
 
-    def confirm_stop(self, requester: zmq.Socket[bytes], timeout: float) -> int:
-        """Wait for the server to answer STOP (ours does) or close the connection (the post's)."""
+    def stop(self, requester: zmq.Socket[bytes], timeout: float) -> int:
+        """Send STOP, then wait for the server to answer it (ours does) or to close the
+        connection (the post's), unless the connection was lost before STOP could go."""
         self.update()
         if self.lost_while_waiting:
-            print("Sent STOP, but the server had already closed the connection.", file=sys.stderr)
+            print("Not sending STOP: the server has closed the connection.", file=sys.stderr)
             return 1
+        requester.send(b"STOP")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if requester.poll(100):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import re
 import signal
@@ -159,11 +160,10 @@ def test_an_idle_http_client_on_the_task_port_gets_no_task(
 
         assert ventilator.wait() == 0, ventilator.describe()
         assert tasks_per_worker(ventilator) == {"first": 15, "second": 15}
-        try:
-            refused = browser.recv(100) == b""
-        except ConnectionResetError:
-            refused = True
-        assert refused
+        # libzmq sends its greeting before it knows who is there, then closes the connection.
+        with contextlib.suppress(ConnectionResetError):
+            while browser.recv(100):
+                pass
 
 
 # A worker that answers each task at once, and says when it has answered a hundred.
