@@ -252,6 +252,18 @@ class Pipeline:
         process.expect(r"^Waiting for tasks")
         return process
 
+    def play_ventilator_and_sink(
+        self, context: zmq.Context[zmq.Socket[bytes]]
+    ) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
+        """Bare PUSH and PULL sockets bound on the two endpoints, for a test that plays the
+        ventilator and the sink around a worker."""
+        tasks = context.socket(zmq.PUSH)
+        tasks.setsockopt(zmq.SNDTIMEO, int(WAIT * 1000))
+        tasks.bind(self.tasks)
+        results = context.socket(zmq.PULL)
+        results.bind(self.results)
+        return tasks, results
+
     def play_worker(
         self, context: zmq.Context[zmq.Socket[bytes]]
     ) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:

@@ -84,11 +84,7 @@ class OnlyWorker:
 def test_worker_refuses_bad_tasks_and_handles_the_next_valid_one(
     pipeline: Pipeline, context: Context, tmp_path: Path
 ) -> None:
-    tasks = context.socket(zmq.PUSH)
-    tasks.setsockopt(zmq.SNDTIMEO, int(WAIT * 1000))
-    tasks.bind(pipeline.tasks)
-    results = context.socket(zmq.PULL)
-    results.bind(pipeline.results)
+    tasks, results = pipeline.play_ventilator_and_sink(context)
     worker = pipeline.worker("w")
     marker = tmp_path / "pwned"
     bad = bad_messages(marker)
@@ -261,11 +257,7 @@ def assert_printable(process: Process) -> None:
 def test_worker_survives_costly_and_unprintable_tasks_in_bounded_memory_and_time(
     pipeline: Pipeline, context: Context
 ) -> None:
-    tasks = context.socket(zmq.PUSH)
-    tasks.setsockopt(zmq.SNDTIMEO, int(WAIT * 1000))
-    tasks.bind(pipeline.tasks)
-    results = context.socket(zmq.PULL)
-    results.bind(pipeline.results)
+    tasks, results = pipeline.play_ventilator_and_sink(context)
     # A terminal that cannot show every character: the worker must still not crash on printing.
     worker = pipeline.worker("w", env={"PYTHONIOENCODING": "ascii:strict"})
     idle_memory, idle_cpu = worker.peak_memory_bytes(), worker.cpu_seconds()

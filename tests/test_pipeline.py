@@ -278,11 +278,7 @@ def test_a_worker_sent_an_oversized_task_connects_again_and_takes_the_next(
     launch: Launcher, endpoints: Endpoints, context: Context
 ) -> None:
     pipeline = Pipeline(launch, endpoints.tcp(), endpoints.ipc("results"))
-    tasks = context.socket(zmq.PUSH)
-    tasks.setsockopt(zmq.SNDTIMEO, int(WAIT * 1000))
-    tasks.bind(pipeline.tasks)
-    results = context.socket(zmq.PULL)
-    results.bind(pipeline.results)
+    tasks, results = pipeline.play_ventilator_and_sink(context)
     worker = pipeline.worker("w")
 
     # A ventilator named with 5,000 characters sends just such a task.
