@@ -31,6 +31,10 @@ import zmq
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 # Subscribers send only their subscriptions, which are short.
 MAX_SUBSCRIPTION_BYTES = 4096
+# Connections the kernel queues before libzmq accepts them (libzmq's default is 100):
+# past it, each further peer waits a second for its SYN to be retried, and a thousand
+# subscribers starting at once would take seconds to join.
+LISTEN_BACKLOG = 1024
 
 
 def main() -> int:
@@ -53,6 +57,7 @@ def publish(args: argparse.Namespace) -> int:
         publisher.setsockopt(zmq.LINGER, 500)
         # Anyone who can connect can subscribe: libzmq drops a peer whose frame is over the cap.
         publisher.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
+        publisher.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
         drop_vanished_peers(publisher)
         try:
             publisher.bind(args.bind)

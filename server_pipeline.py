@@ -43,6 +43,10 @@ MAX_MESSAGE_BYTES = 4096
 MAX_WORKLOAD_MS = 10_000
 MAX_NAME_CHARACTERS = 200
 MAX_TASKS = 1_000_000
+# Connections the kernel queues before libzmq accepts them (libzmq's default is 100):
+# past it, each further peer waits a second for its SYN to be retried, and a thousand
+# subscribers starting at once would take seconds to join.
+LISTEN_BACKLOG = 1024
 # Start sending once no worker has joined for this long: workers started before the ventilator
 # retry every 0.1 s, and each should get its share.
 JOIN_QUIET_SECONDS = 0.2
@@ -88,6 +92,8 @@ def ventilate_and_collect(args: argparse.Namespace) -> int:
         sink.setsockopt(zmq.LINGER, 0)
         # Anyone who can connect can send results: libzmq drops a peer whose frame is too big.
         sink.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        ventilator.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
+        sink.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
         drop_vanished_peers(ventilator)
         drop_vanished_peers(sink)
         for socket, endpoint in ((ventilator, args.bind), (sink, args.results)):

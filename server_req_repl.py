@@ -26,6 +26,10 @@ import zmq
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 MAX_MESSAGE_BYTES = 64 * 1024
+# Connections the kernel queues before libzmq accepts them (libzmq's default is 100):
+# past it, each further peer waits a second for its SYN to be retried, and a thousand
+# subscribers starting at once would take seconds to join.
+LISTEN_BACKLOG = 1024
 # Requests a peer may queue before libzmq stops reading from it (a DEALER can send many at once).
 MAX_QUEUED_REQUESTS = 100
 
@@ -56,6 +60,7 @@ def serve(args: argparse.Namespace) -> int:
         # Block for 0.1 s at most per call: a Ctrl-C that lands just before a blocking call begins
         # is only acted on when the call returns.
         responder.setsockopt(zmq.RCVTIMEO, 100)
+        responder.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
         drop_vanished_peers(responder)
         try:
             responder.bind(args.bind)

@@ -126,7 +126,12 @@ def test_helpers_copied_between_scripts_are_identical(script: str) -> None:
 
 
 # Constants the helpers depend on; the others (endpoints, size caps) differ on purpose.
-SHARED_CONSTANTS = {"PLAIN_DATA_OPCODES", "MAX_WORKLOAD_MS", "MAX_NAME_CHARACTERS"}
+SHARED_CONSTANTS = {
+    "PLAIN_DATA_OPCODES",
+    "MAX_WORKLOAD_MS",
+    "MAX_NAME_CHARACTERS",
+    "LISTEN_BACKLOG",
+}
 
 
 def top_level_definitions(path: Path) -> dict[str, str]:
