@@ -7,7 +7,8 @@
 It connects to tcp://127.0.0.1:5556, subscribes to messages starting with TIME, prints the next 5
 (--count) and exits with code 0. Messages published before it connected are not replayed: a
 subscriber sees only what is sent while it listens. With --timeout, a wait longer than that for
-any one message ends it with exit code 1.
+any one message ends it with exit code 1. With --curve-server it encrypts with CURVE and listens
+only to the publisher whose public key it holds.
 
 Start the publisher in another terminal (in either order: the subscriber keeps trying to connect):
 
@@ -26,33 +27,51 @@ import sys
 import time
 
 import zmq
+import zmq.auth
+from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 # The publisher's messages are about 30 bytes: a frame far bigger is not from it.
 MAX_MESSAGE_BYTES = 16 * 1024
 SHOWN_CHARACTERS = 300
+MAX_KEY_FILE_BYTES = 64 * 1024
+HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 
 
 def main() -> int:
     args = parse_arguments()
     print_lines_as_they_come()
+    try:
+        curve_keys = client_keys(args)
+    except KeyFileError as error:
+        print(error, file=sys.stderr)
+        return 1
     stop_on_first_signal()
     try:
-        return print_messages(args)
+        return print_messages(args, curve_keys)
+    except Refused as refusal:
+        print(refusal, file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return interrupted("Interrupted.")
     except BrokenPipeError:
         return output_closed()
 
 
-def print_messages(args: argparse.Namespace) -> int:
+def print_messages(args: argparse.Namespace, curve_keys: tuple[bytes, bytes, bytes] | None) -> int:
     """The pattern: connect SUB, subscribe to a topic, then print each message that comes."""
     with (
         zmq.Context() as context,
         context.socket(zmq.SUB) as subscriber,
         subscriber.get_monitor_socket(Connection.EVENTS) as monitor,
     ):
+        if curve_keys is not None:
+            become_curve_client(subscriber, curve_keys)
         # All a SUB socket queues is its subscription: nothing worth waiting for at exit.
         subscriber.setsockopt(zmq.LINGER, 0)
         subscriber.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
@@ -64,7 +83,8 @@ def print_messages(args: argparse.Namespace) -> int:
             return 1
         # Without a subscription a SUB socket receives nothing at all. The bytes as typed.
         subscriber.subscribe(os.fsencode(args.topic))
-        publisher = Connection(subscriber, monitor, args.connect, MAX_MESSAGE_BYTES)
+        curve = curve_keys is not None
+        publisher = Connection(subscriber, monitor, args.connect, MAX_MESSAGE_BYTES, curve)
         topic = printable(args.topic)
         print(f"Waiting for {args.count} messages starting with '{topic}' from {args.connect}.")
 
@@ -102,6 +122,8 @@ def wait_for_message(publisher: Connection, timeout: float | None) -> bool:
 
 def why_nothing_came(publisher: Connection, timeout: float, topic: str) -> str:
     waited = f"No message from {publisher.endpoint} within {timeout:g} s"
+    if not publisher.ever_connected and publisher.curve and publisher.handshakes_failed:
+        return f"{waited}: it cut off every CURVE handshake. Is --curve-server its public key file?"
     if not publisher.ever_connected:
         return f"{waited}. Is the publisher running? Start it with: uv run server_broadcast.py"
     if not publisher.connected:
@@ -114,23 +136,41 @@ class Connection:
 
     # libzmq retries a lost connection by itself, but not one it dropped for breaking the
     # protocol (a frame over MAXMSGSIZE): without a new connect the socket would stay deaf.
-    EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+    EVENTS = (
+        zmq.EVENT_HANDSHAKE_SUCCEEDED
+        | zmq.EVENT_DISCONNECTED
+        | zmq.EVENT_CONNECT_RETRIED
+        | HANDSHAKE_FAILED
+    )
     GIVEN_UP_AFTER_SECONDS = 0.5
 
     def __init__(
-        self, socket: zmq.Socket[bytes], monitor: zmq.Socket[bytes], endpoint: str, limit: int
+        self,
+        socket: zmq.Socket[bytes],
+        monitor: zmq.Socket[bytes],
+        endpoint: str,
+        limit: int,
+        curve: bool,
     ) -> None:
         self.socket = socket
         self.monitor = monitor
         self.endpoint = endpoint
         self.limit = limit
+        self.curve = curve
         self.connected = self.ever_connected = False
+        self.handshakes_failed = 0
         self.lost_at: float | None = None
 
     def update(self) -> None:
-        """Take the monitor's news, and connect again if libzmq has given up."""
+        """Take the monitor's news, raise Refused if the server will never let us in, and
+        connect again if libzmq has given up."""
         while self.monitor.poll(0):
-            event = recv_monitor_message(self.monitor)["event"]
+            message = recv_monitor_message(self.monitor)
+            event = message["event"]
+            if event & HANDSHAKE_FAILED:
+                check_not_refused(event, message["value"], self.endpoint, self.curve)
+                self.handshake_failed()
+                continue
             self.connected = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
             self.ever_connected |= self.connected
             self.lost_at = time.monotonic() if event == zmq.EVENT_DISCONNECTED else None
@@ -143,6 +183,110 @@ class Connection:
             self.socket.disconnect(self.endpoint)
             self.socket.connect(self.endpoint)
             self.lost_at = None
+
+    def handshake_failed(self) -> None:
+        self.handshakes_failed += 1
+        if self.curve and self.handshakes_failed == 1:
+            print(
+                f"{self.endpoint} cut off the CURVE handshake: is --curve-server the server's "
+                "public key file? Trying again.",
+                file=sys.stderr,
+            )
+
+
+class Refused(Exception):
+    """The server refused this client for good: trying again would not help."""
+
+
+def client_keys(args: argparse.Namespace) -> tuple[bytes, bytes, bytes] | None:
+    """(server's public key, our public key, our secret key) for CURVE; None without it."""
+    if args.curve_server is None:
+        return None
+    server_key, server_secret_key = read_key_file(args.curve_server)
+    if server_secret_key is not None:
+        print(
+            f"Warning: {args.curve_server} holds the server's secret key, which should never "
+            "leave the server: a client needs only NAME.key.",
+            file=sys.stderr,
+        )
+    if args.curve_secret is None:
+        # Made for this run only: a server with --curve-clients refuses it.
+        public_key, secret_key = zmq.curve_keypair()
+    else:
+        public_key, secret_key = read_key_pair(args.curve_secret)
+    return server_key, public_key, secret_key
+
+
+def become_curve_client(socket: zmq.Socket[bytes], keys: tuple[bytes, bytes, bytes]) -> None:
+    """Encrypt the connection, and talk only to the server whose public key we hold."""
+    server_key, public_key, secret_key = keys
+    socket.curve_serverkey = server_key
+    socket.curve_publickey = public_key
+    socket.curve_secretkey = secret_key
+
+
+def check_not_refused(kind: int, value: int, endpoint: str, curve: bool) -> None:
+    """Raise Refused for a failed handshake that trying again cannot mend."""
+    if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        raise Refused(
+            f"The server at {endpoint} refused this client's key (ZAP status {value}): its "
+            "public key file must be in the server's --curve-clients folder."
+        )
+    mismatch = zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+    if kind != zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL or value != mismatch:
+        return
+    if curve:
+        raise Refused(
+            f"This client and the server at {endpoint} disagree on security: this client "
+            "uses CURVE and the server does not."
+        )
+    raise Refused(
+        f"This client and the server at {endpoint} disagree on security: the server uses "
+        "CURVE; pass --curve-server with its public key file."
+    )
+
+
+class KeyFileError(Exception):
+    """A CURVE key file or folder that cannot be used, in one line that names it."""
+
+
+def read_key_pair(path: str) -> tuple[bytes, bytes]:
+    """(public key, secret key) from a NAME.key_secret file."""
+    public_key, secret_key = read_key_file(path)
+    if secret_key is None:
+        raise KeyFileError(f"Cannot use {path}: it holds a public key only; pass NAME.key_secret.")
+    return public_key, secret_key
+
+
+def read_key_file(path: str) -> tuple[bytes, bytes | None]:
+    """(public key, secret key or None) from a file that zmq.auth.create_certificates wrote."""
+    if not zmq.has("curve"):
+        raise KeyFileError(f"Cannot use {path}: this pyzmq was built without CURVE.")
+    if not os.path.isfile(path):
+        what = "not a file" if os.path.exists(path) else "no such file"
+        raise KeyFileError(f"Cannot use {path}: {what}.")
+    if os.path.getsize(path) > MAX_KEY_FILE_BYTES:
+        raise KeyFileError(f"Cannot use {path}: too big for a key file.")
+    try:
+        public_key, secret_key = zmq.auth.load_certificate(path)
+    except OSError as error:
+        raise KeyFileError(f"Cannot read {path}: {error.strerror}.") from None
+    except ValueError:
+        raise KeyFileError(f"Cannot use {path}: it holds no public key.") from None
+    if not is_z85_key(public_key) or not (secret_key is None or is_z85_key(secret_key)):
+        raise KeyFileError(f"Cannot use {path}: a key in it is not 40 characters of Z85.")
+    if secret_key is not None and zmq.curve_public(secret_key) != public_key:
+        raise KeyFileError(f"Cannot use {path}: its public and secret keys are not a pair.")
+    return public_key, secret_key
+
+
+def is_z85_key(key: bytes) -> bool:
+    """True for a CURVE key written as text: 40 characters of Z85 (ZeroMQ's base 85)."""
+    try:
+        return len(z85.decode(key)) == 32
+    # Whatever z85.decode raises for text that is not Z85 (ValueError, KeyError, struct.error).
+    except Exception:
+        return False
 
 
 def printable(text: str, limit: int = 80) -> str:
@@ -263,7 +407,26 @@ def parse_arguments() -> argparse.Namespace:
         metavar="SECONDS",
         help="give up if no message arrives for this long (default: wait for ever)",
     )
-    return parser.parse_args()
+    add_curve_client_arguments(parser)
+    args = parser.parse_args()
+    if args.curve_secret is not None and args.curve_server is None:
+        parser.error("--curve-secret needs --curve-server")
+    return args
+
+
+def add_curve_client_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--curve-server",
+        metavar="FILE",
+        help="the server's public key file (NAME.key, as zmq.auth.create_certificates writes "
+        "it): encrypt with CURVE and talk only to that server",
+    )
+    parser.add_argument(
+        "--curve-secret",
+        metavar="FILE",
+        help="with --curve-server: this client's secret key file (NAME.key_secret); without "
+        "it, a key pair made for this run, which only a server without --curve-clients lets in",
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ It connects to tcp://127.0.0.1:5555, sends each MESSAGE in turn (by default "Hel
 the post) and waits for each reply, then sends STOP, which ends the server, unless --no-stop is
 given. If no reply comes within --timeout seconds it says why it thinks so and exits with code 1;
 with --retries N it first tries N more times, each on a new socket (the zguide's Lazy Pirate).
+With --curve-server it encrypts with CURVE and talks only to the server whose public key it holds.
 
 Start the server first, in another terminal:
 
@@ -26,30 +27,48 @@ import sys
 import time
 
 import zmq
+import zmq.auth
+from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 # The server takes requests of up to 64 KiB and replies with one byte more.
 MAX_REPLY_BYTES = 64 * 1024 + 1
+MAX_KEY_FILE_BYTES = 64 * 1024
+HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 
 
 def main() -> int:
     args = parse_arguments()
     print_lines_as_they_come()
+    try:
+        curve_keys = client_keys(args)
+    except KeyFileError as error:
+        print(error, file=sys.stderr)
+        return 1
     stop_on_first_signal()
     try:
-        return request_and_print_replies(args)
+        return request_and_print_replies(args, curve_keys)
+    except Refused as refusal:
+        print(refusal, file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return interrupted("Interrupted.")
     except BrokenPipeError:
         return output_closed()
 
 
-def request_and_print_replies(args: argparse.Namespace) -> int:
+def request_and_print_replies(
+    args: argparse.Namespace, curve_keys: tuple[bytes, bytes, bytes] | None
+) -> int:
     """The pattern: connect REQ, then send each request and wait for its reply."""
     with zmq.Context() as context:
         try:
-            requester, server = open_requester(context, args.connect)
+            requester, server = open_requester(context, args.connect, curve_keys)
         except zmq.ZMQError as error:
             print(f"Cannot connect: {error}", file=sys.stderr)
             return 1
@@ -65,7 +84,9 @@ def request_and_print_replies(args: argparse.Namespace) -> int:
                     print(server.why_no_reply(args.timeout), file=sys.stderr)
                     return 1
                 retries_left -= 1
-                requester, server = open_again(context, requester, server, args, retries_left)
+                requester, server = open_again(
+                    context, requester, server, args, retries_left, curve_keys
+                )
                 requester.send(request)
             reply = requester.recv_multipart()
             print(f"Received reply {printable_frames(reply)}")
@@ -75,16 +96,20 @@ def request_and_print_replies(args: argparse.Namespace) -> int:
 
 
 def open_requester(
-    context: zmq.Context[zmq.Socket[bytes]], endpoint: str
+    context: zmq.Context[zmq.Socket[bytes]],
+    endpoint: str,
+    curve_keys: tuple[bytes, bytes, bytes] | None,
 ) -> tuple[zmq.Socket[bytes], Server]:
     """A REQ socket connecting to `endpoint`, and the server as its monitor will tell of it."""
     requester = context.socket(zmq.REQ)
+    if curve_keys is not None:
+        become_curve_client(requester, curve_keys)
     # Nothing is worth delivering at exit: every request has had its reply or been given up.
     requester.setsockopt(zmq.LINGER, 0)
     # A reply much bigger than any request is not from our server: libzmq drops that peer.
     requester.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
     drop_vanished_peers(requester)
-    server = Server(requester.get_monitor_socket(Server.EVENTS), endpoint)
+    server = Server(requester.get_monitor_socket(Server.EVENTS), endpoint, curve_keys is not None)
     requester.connect(endpoint)
     return requester, server
 
@@ -95,6 +120,7 @@ def open_again(
     server: Server,
     args: argparse.Namespace,
     retries_left: int,
+    curve_keys: tuple[bytes, bytes, bytes] | None,
 ) -> tuple[zmq.Socket[bytes], Server]:
     """The Lazy Pirate's retry: a REQ socket whose reply never came cannot send again, so close
     it without lingering and open a new one."""
@@ -106,22 +132,30 @@ def open_again(
     )
     server.monitor.close()
     requester.close(linger=0)
-    return open_requester(context, args.connect)
+    return open_requester(context, args.connect, curve_keys)
 
 
 class Server:
     """The server as this client sees it, through the socket monitor."""
 
-    EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+    EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED
 
-    def __init__(self, monitor: zmq.Socket[bytes], endpoint: str) -> None:
+    def __init__(self, monitor: zmq.Socket[bytes], endpoint: str, curve: bool) -> None:
         self.monitor = monitor
         self.endpoint = endpoint
+        self.curve = curve
         self.connected = self.ever_connected = self.lost_while_waiting = False
+        self.handshakes_failed = 0
 
     def update(self) -> None:
+        """Take the monitor's news; raise Refused if the server will never let us in."""
         while self.monitor.poll(0):
-            self.connected = recv_monitor_message(self.monitor)["event"] != zmq.EVENT_DISCONNECTED
+            event = recv_monitor_message(self.monitor)
+            if event["event"] & HANDSHAKE_FAILED:
+                check_not_refused(event["event"], event["value"], self.endpoint, self.curve)
+                self.handshakes_failed += 1
+                continue
+            self.connected = event["event"] != zmq.EVENT_DISCONNECTED
             self.ever_connected |= self.connected
             self.lost_while_waiting |= not self.connected
 
@@ -141,6 +175,11 @@ class Server:
 
     def why_no_reply(self, timeout: float) -> str:
         waited = f"No reply from {self.endpoint} within {timeout:g} s"
+        if not self.ever_connected and self.curve and self.handshakes_failed:
+            return (
+                f"{waited}: the server cut off every CURVE handshake. Is --curve-server its "
+                "public key file?"
+            )
         if not self.ever_connected:
             return f"{waited}. Is the server running? Start it with: uv run server_req_repl.py"
         if self.lost_while_waiting:
@@ -179,6 +218,101 @@ class Server:
             file=sys.stderr,
         )
         return 1
+
+
+class Refused(Exception):
+    """The server refused this client for good: trying again would not help."""
+
+
+def client_keys(args: argparse.Namespace) -> tuple[bytes, bytes, bytes] | None:
+    """(server's public key, our public key, our secret key) for CURVE; None without it."""
+    if args.curve_server is None:
+        return None
+    server_key, server_secret_key = read_key_file(args.curve_server)
+    if server_secret_key is not None:
+        print(
+            f"Warning: {args.curve_server} holds the server's secret key, which should never "
+            "leave the server: a client needs only NAME.key.",
+            file=sys.stderr,
+        )
+    if args.curve_secret is None:
+        # Made for this run only: a server with --curve-clients refuses it.
+        public_key, secret_key = zmq.curve_keypair()
+    else:
+        public_key, secret_key = read_key_pair(args.curve_secret)
+    return server_key, public_key, secret_key
+
+
+def become_curve_client(socket: zmq.Socket[bytes], keys: tuple[bytes, bytes, bytes]) -> None:
+    """Encrypt the connection, and talk only to the server whose public key we hold."""
+    server_key, public_key, secret_key = keys
+    socket.curve_serverkey = server_key
+    socket.curve_publickey = public_key
+    socket.curve_secretkey = secret_key
+
+
+def check_not_refused(kind: int, value: int, endpoint: str, curve: bool) -> None:
+    """Raise Refused for a failed handshake that trying again cannot mend."""
+    if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        raise Refused(
+            f"The server at {endpoint} refused this client's key (ZAP status {value}): its "
+            "public key file must be in the server's --curve-clients folder."
+        )
+    mismatch = zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+    if kind != zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL or value != mismatch:
+        return
+    if curve:
+        raise Refused(
+            f"This client and the server at {endpoint} disagree on security: this client "
+            "uses CURVE and the server does not."
+        )
+    raise Refused(
+        f"This client and the server at {endpoint} disagree on security: the server uses "
+        "CURVE; pass --curve-server with its public key file."
+    )
+
+
+class KeyFileError(Exception):
+    """A CURVE key file or folder that cannot be used, in one line that names it."""
+
+
+def read_key_pair(path: str) -> tuple[bytes, bytes]:
+    """(public key, secret key) from a NAME.key_secret file."""
+    public_key, secret_key = read_key_file(path)
+    if secret_key is None:
+        raise KeyFileError(f"Cannot use {path}: it holds a public key only; pass NAME.key_secret.")
+    return public_key, secret_key
+
+
+def read_key_file(path: str) -> tuple[bytes, bytes | None]:
+    """(public key, secret key or None) from a file that zmq.auth.create_certificates wrote."""
+    if not zmq.has("curve"):
+        raise KeyFileError(f"Cannot use {path}: this pyzmq was built without CURVE.")
+    if not os.path.isfile(path):
+        what = "not a file" if os.path.exists(path) else "no such file"
+        raise KeyFileError(f"Cannot use {path}: {what}.")
+    if os.path.getsize(path) > MAX_KEY_FILE_BYTES:
+        raise KeyFileError(f"Cannot use {path}: too big for a key file.")
+    try:
+        public_key, secret_key = zmq.auth.load_certificate(path)
+    except OSError as error:
+        raise KeyFileError(f"Cannot read {path}: {error.strerror}.") from None
+    except ValueError:
+        raise KeyFileError(f"Cannot use {path}: it holds no public key.") from None
+    if not is_z85_key(public_key) or not (secret_key is None or is_z85_key(secret_key)):
+        raise KeyFileError(f"Cannot use {path}: a key in it is not 40 characters of Z85.")
+    if secret_key is not None and zmq.curve_public(secret_key) != public_key:
+        raise KeyFileError(f"Cannot use {path}: its public and secret keys are not a pair.")
+    return public_key, secret_key
+
+
+def is_z85_key(key: bytes) -> bool:
+    """True for a CURVE key written as text: 40 characters of Z85 (ZeroMQ's base 85)."""
+    try:
+        return len(z85.decode(key)) == 32
+    # Whatever z85.decode raises for text that is not Z85 (ValueError, KeyError, struct.error).
+    except Exception:
+        return False
 
 
 def printable_frames(frames: list[bytes]) -> str:
@@ -309,7 +443,26 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--no-stop", action="store_true", help="leave the server running: do not send STOP"
     )
-    return parser.parse_args()
+    add_curve_client_arguments(parser)
+    args = parser.parse_args()
+    if args.curve_secret is not None and args.curve_server is None:
+        parser.error("--curve-secret needs --curve-server")
+    return args
+
+
+def add_curve_client_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--curve-server",
+        metavar="FILE",
+        help="the server's public key file (NAME.key, as zmq.auth.create_certificates writes "
+        "it): encrypt with CURVE and talk only to that server",
+    )
+    parser.add_argument(
+        "--curve-secret",
+        metavar="FILE",
+        help="with --curve-server: this client's secret key file (NAME.key_secret); without "
+        "it, a key pair made for this run, which only a server without --curve-clients lets in",
+    )
 
 
 if __name__ == "__main__":

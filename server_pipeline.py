@@ -11,7 +11,8 @@ milliseconds of simulated work. PUSH deals the tasks round-robin to the connecte
 result names the worker, the run (NAME) and the workload. Once every result is back it prints a
 summary and exits 0; if results stop coming for --timeout seconds it says how many are missing and
 exits 1, or with --retries N first sends the missing tasks again, up to N rounds. Ctrl-C or
-SIGTERM stop it with exit code 130.
+SIGTERM stop it with exit code 130. With --curve-secret both sockets encrypt with CURVE, and with
+--curve-clients only the workers whose keys it holds get in.
 
 Start it, then three workers, each in its own terminal:
 
@@ -22,6 +23,8 @@ Start it, then three workers, each in its own terminal:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
 import io
 import math
 import os
@@ -33,8 +36,12 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
 DEFAULT_TASKS_ENDPOINT = "tcp://127.0.0.1:5557"
@@ -43,6 +50,10 @@ MAX_MESSAGE_BYTES = 4096
 MAX_WORKLOAD_MS = 10_000
 MAX_NAME_CHARACTERS = 200
 MAX_TASKS = 1_000_000
+MAX_KEY_FILE_BYTES = 64 * 1024
+# Set on both sockets: it makes libzmq refuse peers that speak ZMTP 1.0 or 2.0, and names the
+# sockets to the authenticator.
+ZAP_DOMAIN = "pipeline"
 # Connections the kernel queues before libzmq accepts them (libzmq's default is 100):
 # past it, each further peer waits a second for its SYN to be retried, and a thousand
 # subscribers starting at once would take seconds to join.
@@ -64,27 +75,38 @@ PLAIN_DATA_OPCODES = frozenset(
 def main() -> int:
     args = parse_arguments()
     print_lines_as_they_come()
+    try:
+        curve_secret_key = server_secret_key(args)
+    except KeyFileError as error:
+        print(error, file=sys.stderr)
+        return 1
     stop_on_first_signal()
     try:
-        return ventilate_and_collect(args)
+        return ventilate_and_collect(args, curve_secret_key)
     except KeyboardInterrupt:
         return interrupted("Interrupted: shutting down.")
     except BrokenPipeError:
         return output_closed()
 
 
-def ventilate_and_collect(args: argparse.Namespace) -> int:
+def ventilate_and_collect(args: argparse.Namespace, curve_secret_key: bytes | None) -> int:
     """The pattern: bind PUSH and PULL, wait for the workers, then send tasks and take results."""
     with (
         zmq.Context() as context,
+        only_clients_in(context, args.curve_clients, ZAP_DOMAIN),
         context.socket(zmq.PUSH) as ventilator,
         context.socket(zmq.PULL) as sink,
         # PUSH deals tasks only to the workers it has when it sends: count them from the start.
-        ventilator.get_monitor_socket(WORKER_EVENTS) as monitor,
+        ventilator.get_monitor_socket(WORKER_EVENTS | Refusals.EVENTS) as monitor,
+        sink.get_monitor_socket(Refusals.EVENTS) as sink_monitor,
     ):
+        if curve_secret_key is not None:
+            become_curve_server(ventilator, curve_secret_key)
+            become_curve_server(sink, curve_secret_key)
         # A ZAP domain makes libzmq refuse peers that speak ZMTP 1.0 or 2.0 (an HTTP client, say):
         # PUSH would deal them tasks, and no handshake event would announce them.
-        ventilator.setsockopt(zmq.ZAP_DOMAIN, b"pipeline")
+        ventilator.setsockopt_string(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+        sink.setsockopt_string(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
         # Unsent tasks are worthless once the run is over or given up: never wait for them at exit.
         ventilator.setsockopt(zmq.LINGER, 0)
         # Workers send nothing to a PUSH socket, but libzmq would keep whatever a peer sent.
@@ -103,13 +125,17 @@ def ventilate_and_collect(args: argparse.Namespace) -> int:
                 print(f"Cannot bind: {error}", file=sys.stderr)
                 return 1
         print(f"Ventilator on {args.bind}, sink on {args.results} (Ctrl-C to stop).")
-        workers = Workers(monitor)
-        workers.wait_for(args.workers)
+        if curve_secret_key is not None:
+            print(security(args))
+        sink_refusals = Refusals(sink_monitor, curve=curve_secret_key is not None)
+        workers = Workers(monitor, curve=curve_secret_key is not None)
+        workers.wait_for(args.workers, sink_refusals)
 
         run = Run(args.name, args.tasks)
         poller = zmq.Poller()
         poller.register(sink, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
+        poller.register(sink_monitor, zmq.POLLIN)
         while run.unanswered():
             # Offer tasks only while some are unsent, and only when a worker's queue has room.
             poller.register(ventilator, zmq.POLLOUT if run.unsent else 0)
@@ -120,6 +146,8 @@ def ventilate_and_collect(args: argparse.Namespace) -> int:
                 run.take(sink.recv_multipart())
             if monitor in ready:
                 workers.update()
+            if sink_monitor in ready:
+                sink_refusals.report()
             if run.seconds_without_results() > args.timeout:
                 if run.rounds == args.retries:
                     run.report_missing(args.timeout)
@@ -143,17 +171,19 @@ def send_while_there_is_room(ventilator: zmq.Socket[bytes], run: Run) -> None:
 class Workers:
     """How many workers are connected, from the task socket's monitor events."""
 
-    def __init__(self, monitor: zmq.Socket[bytes]) -> None:
+    def __init__(self, monitor: zmq.Socket[bytes], curve: bool) -> None:
         self.monitor = monitor
+        self.curve = curve
         self.handshaking: list[int] = []
         self.connected: set[int] = set()
 
-    def wait_for(self, wanted: int) -> None:
+    def wait_for(self, wanted: int, sink_refusals: Refusals) -> None:
         """Return once `wanted` workers are connected and no other has joined for a moment."""
         print(f"Waiting for {plural(wanted, 'worker')} to connect.")
         while len(self.connected) < wanted:
             if self.monitor.poll(100):
                 self.update(wanted)
+            sink_refusals.report()
         # Only a worker joining extends the wait, and never past a second: connections that
         # come and go (a port scanner) must not hold the start up.
         give_up_at = time.monotonic() + 5 * JOIN_QUIET_SECONDS
@@ -165,6 +195,10 @@ class Workers:
     def update(self, wanted: int | None = None) -> int:
         """Take one monitor event, print the count when it changes, and return the change."""
         event = recv_monitor_message(self.monitor)
+        if event["event"] & Refusals.EVENTS:
+            reason = why_refused(event["event"], event["value"], self.curve)
+            print(f"Refused a connection: {reason}", file=sys.stderr)
+            return 0
         fd = event["value"]
         before = len(self.connected)
         if event["event"] == zmq.EVENT_ACCEPTED:
@@ -302,6 +336,132 @@ class Run:
         ideal = self.total_work_ms / 1000 / workers
         print(f"Total simulated work: {self.total_work_ms / 1000:.2f} s")
         print(f"Elapsed: {elapsed:.2f} s (ideal with {plural(workers, 'worker')}: {ideal:.2f} s)")
+
+
+def server_secret_key(args: argparse.Namespace) -> bytes | None:
+    """This server's CURVE secret key, after checking --curve-clients; None without CURVE."""
+    if args.curve_secret is None:
+        return None
+    _, secret_key = read_key_pair(args.curve_secret)
+    if args.curve_clients is not None:
+        check_client_keys(args.curve_clients)
+    return secret_key
+
+
+def check_client_keys(folder: str) -> None:
+    """Check each client public key file (NAME.key) in `folder`, and that there is one."""
+    if not os.path.isdir(folder):
+        raise KeyFileError(f"Cannot use {folder}: not a folder.")
+    paths = sorted(glob.glob(os.path.join(folder, "*.key")))
+    if not paths:
+        raise KeyFileError(f"Cannot use {folder}: it holds no NAME.key file, so no client could.")
+    for path in paths:
+        read_key_file(path)
+
+
+def security(args: argparse.Namespace) -> str:
+    """One line on who may connect, for the start-up output."""
+    if args.curve_clients is not None:
+        folder = args.curve_clients
+        return f"CURVE: encrypted; only clients with a public key file in {folder} may connect."
+    return "CURVE: encrypted; any client that has this server's public key may connect."
+
+
+def become_curve_server(socket: zmq.Socket[bytes], secret_key: bytes) -> None:
+    """Encrypt every connection, proving to clients that this is the server they know."""
+    socket.curve_secretkey = secret_key
+    socket.curve_server = True
+
+
+@contextlib.contextmanager
+def only_clients_in(
+    context: zmq.Context[zmq.Socket[bytes]], folder: str | None, domain: str = "*"
+) -> Iterator[None]:
+    """With a folder, let only clients whose public key file is in it connect (ZAP)."""
+    if folder is None:
+        yield
+        return
+    # pyzmq's authenticator answers libzmq's ZAP requests from a thread: refused keys get
+    # status 400, and the refused client is told so.
+    authenticator = ThreadAuthenticator(context)
+    authenticator.start()
+    authenticator.configure_curve(domain=domain, location=folder)
+    try:
+        yield
+    finally:
+        authenticator.stop()
+
+
+class Refusals:
+    """The connections that libzmq refused during their handshake, as a socket monitor tells."""
+
+    EVENTS = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+
+    def __init__(self, monitor: zmq.Socket[bytes], curve: bool) -> None:
+        self.monitor = monitor
+        self.curve = curve
+
+    def report(self) -> None:
+        """Print one line for each connection refused since the last call."""
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)
+            reason = why_refused(event["event"], event["value"], self.curve)
+            print(f"Refused a connection: {reason}", file=sys.stderr)
+
+
+def why_refused(kind: int, error: int, curve: bool) -> str:
+    if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"the client's key is not in --curve-clients (ZAP status {error})."
+    if error == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH and curve:
+        return "the client does not use CURVE (it needs --curve-server)."
+    if error == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        return "the client uses CURVE and this server does not (start it with --curve-secret)."
+    if error == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+        return "its CURVE handshake did not decrypt (the client has a wrong server key)."
+    return f"it broke the ZMTP handshake (libzmq protocol error {error:#x})."
+
+
+class KeyFileError(Exception):
+    """A CURVE key file or folder that cannot be used, in one line that names it."""
+
+
+def read_key_pair(path: str) -> tuple[bytes, bytes]:
+    """(public key, secret key) from a NAME.key_secret file."""
+    public_key, secret_key = read_key_file(path)
+    if secret_key is None:
+        raise KeyFileError(f"Cannot use {path}: it holds a public key only; pass NAME.key_secret.")
+    return public_key, secret_key
+
+
+def read_key_file(path: str) -> tuple[bytes, bytes | None]:
+    """(public key, secret key or None) from a file that zmq.auth.create_certificates wrote."""
+    if not zmq.has("curve"):
+        raise KeyFileError(f"Cannot use {path}: this pyzmq was built without CURVE.")
+    if not os.path.isfile(path):
+        what = "not a file" if os.path.exists(path) else "no such file"
+        raise KeyFileError(f"Cannot use {path}: {what}.")
+    if os.path.getsize(path) > MAX_KEY_FILE_BYTES:
+        raise KeyFileError(f"Cannot use {path}: too big for a key file.")
+    try:
+        public_key, secret_key = zmq.auth.load_certificate(path)
+    except OSError as error:
+        raise KeyFileError(f"Cannot read {path}: {error.strerror}.") from None
+    except ValueError:
+        raise KeyFileError(f"Cannot use {path}: it holds no public key.") from None
+    if not is_z85_key(public_key) or not (secret_key is None or is_z85_key(secret_key)):
+        raise KeyFileError(f"Cannot use {path}: a key in it is not 40 characters of Z85.")
+    if secret_key is not None and zmq.curve_public(secret_key) != public_key:
+        raise KeyFileError(f"Cannot use {path}: its public and secret keys are not a pair.")
+    return public_key, secret_key
+
+
+def is_z85_key(key: bytes) -> bool:
+    """True for a CURVE key written as text: 40 characters of Z85 (ZeroMQ's base 85)."""
+    try:
+        return len(z85.decode(key)) == 32
+    # Whatever z85.decode raises for text that is not Z85 (ValueError, KeyError, struct.error).
+    except Exception:
+        return False
 
 
 def load_result(frames: list[bytes]) -> tuple[str, str, int]:
@@ -515,12 +675,30 @@ def parse_arguments() -> argparse.Namespace:
         help="when results stop for --timeout, send the missing tasks again to the workers "
         "still connected, up to N rounds, before giving up (default: 0)",
     )
+    add_curve_server_arguments(parser)
     args = parser.parse_args()
+    if args.curve_clients is not None and args.curve_secret is None:
+        parser.error("--curve-clients needs --curve-secret")
     if args.tasks > MAX_TASKS:
         parser.error(f"--tasks {args.tasks} is more than {MAX_TASKS:,}")
     if len(args.name) > MAX_NAME_CHARACTERS:
         parser.error(f"NAME is {len(args.name)} characters long: at most {MAX_NAME_CHARACTERS}")
     return args
+
+
+def add_curve_server_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--curve-secret",
+        metavar="FILE",
+        help="this server's secret key file (NAME.key_secret, as zmq.auth.create_certificates "
+        "writes it): encrypt with CURVE; clients then need --curve-server NAME.key",
+    )
+    parser.add_argument(
+        "--curve-clients",
+        metavar="DIR",
+        help="with --curve-secret: let in only the clients whose public key file (NAME.key) is "
+        "in DIR",
+    )
 
 
 if __name__ == "__main__":

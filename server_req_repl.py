@@ -6,7 +6,8 @@
 
 It binds tcp://127.0.0.1:5555, prints every request it receives and replies with the same bytes
 followed by b"*". A request that is exactly STOP is answered (b"STOP*") and ends the server with
-exit code 0. Ctrl-C or SIGTERM end it with exit code 130.
+exit code 0. Ctrl-C or SIGTERM end it with exit code 130. With --curve-secret it encrypts with
+CURVE, and with --curve-clients it lets in only the clients whose keys it holds.
 
 Run it, then its partner in a second terminal:
 
@@ -17,12 +18,19 @@ Run it, then its partner in a second terminal:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
 import io
 import os
 import signal
 import sys
+from collections.abc import Iterator
 
 import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
+from zmq.utils.monitor import recv_monitor_message
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -32,23 +40,36 @@ MAX_MESSAGE_BYTES = 64 * 1024
 LISTEN_BACKLOG = 1024
 # Requests a peer may queue before libzmq stops reading from it (a DEALER can send many at once).
 MAX_QUEUED_REQUESTS = 100
+MAX_KEY_FILE_BYTES = 64 * 1024
 
 
 def main() -> int:
     args = parse_arguments()
     print_lines_as_they_come()
+    try:
+        curve_secret_key = server_secret_key(args)
+    except KeyFileError as error:
+        print(error, file=sys.stderr)
+        return 1
     stop_on_first_signal()
     try:
-        return serve(args)
+        return serve(args, curve_secret_key)
     except KeyboardInterrupt:
         return interrupted("Interrupted: shutting down.")
     except BrokenPipeError:
         return output_closed()
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, curve_secret_key: bytes | None) -> int:
     """The pattern: bind REP, then receive a request and send its reply, for ever."""
-    with zmq.Context() as context, context.socket(zmq.REP) as responder:
+    with (
+        zmq.Context() as context,
+        only_clients_in(context, args.curve_clients),
+        context.socket(zmq.REP) as responder,
+        responder.get_monitor_socket(Refusals.EVENTS) as monitor,
+    ):
+        if curve_secret_key is not None:
+            become_curve_server(responder, curve_secret_key)
         # At exit, a live client takes its reply within milliseconds; one that has gone (the
         # post's client never reads the reply to STOP) must not hold the exit up longer than this.
         responder.setsockopt(zmq.LINGER, 200)
@@ -68,8 +89,12 @@ def serve(args: argparse.Namespace) -> int:
             print(f"Cannot bind: {error}", file=sys.stderr)
             return 1
         print(f"Request-reply server on {args.bind}. Waiting for requests (Ctrl-C to stop).")
+        if curve_secret_key is not None:
+            print(security(args))
+        refusals = Refusals(monitor, curve=curve_secret_key is not None)
 
         while True:
+            refusals.report()
             try:
                 # Frames that stay in libzmq's memory: a request is not copied to be refused.
                 frames = responder.recv_multipart(copy=False)
@@ -86,6 +111,132 @@ def serve(args: argparse.Namespace) -> int:
             if request == b"STOP":
                 print("STOP received: shutting down.")
                 return 0
+
+
+def server_secret_key(args: argparse.Namespace) -> bytes | None:
+    """This server's CURVE secret key, after checking --curve-clients; None without CURVE."""
+    if args.curve_secret is None:
+        return None
+    _, secret_key = read_key_pair(args.curve_secret)
+    if args.curve_clients is not None:
+        check_client_keys(args.curve_clients)
+    return secret_key
+
+
+def check_client_keys(folder: str) -> None:
+    """Check each client public key file (NAME.key) in `folder`, and that there is one."""
+    if not os.path.isdir(folder):
+        raise KeyFileError(f"Cannot use {folder}: not a folder.")
+    paths = sorted(glob.glob(os.path.join(folder, "*.key")))
+    if not paths:
+        raise KeyFileError(f"Cannot use {folder}: it holds no NAME.key file, so no client could.")
+    for path in paths:
+        read_key_file(path)
+
+
+def security(args: argparse.Namespace) -> str:
+    """One line on who may connect, for the start-up output."""
+    if args.curve_clients is not None:
+        folder = args.curve_clients
+        return f"CURVE: encrypted; only clients with a public key file in {folder} may connect."
+    return "CURVE: encrypted; any client that has this server's public key may connect."
+
+
+def become_curve_server(socket: zmq.Socket[bytes], secret_key: bytes) -> None:
+    """Encrypt every connection, proving to clients that this is the server they know."""
+    socket.curve_secretkey = secret_key
+    socket.curve_server = True
+
+
+@contextlib.contextmanager
+def only_clients_in(
+    context: zmq.Context[zmq.Socket[bytes]], folder: str | None, domain: str = "*"
+) -> Iterator[None]:
+    """With a folder, let only clients whose public key file is in it connect (ZAP)."""
+    if folder is None:
+        yield
+        return
+    # pyzmq's authenticator answers libzmq's ZAP requests from a thread: refused keys get
+    # status 400, and the refused client is told so.
+    authenticator = ThreadAuthenticator(context)
+    authenticator.start()
+    authenticator.configure_curve(domain=domain, location=folder)
+    try:
+        yield
+    finally:
+        authenticator.stop()
+
+
+class Refusals:
+    """The connections that libzmq refused during their handshake, as a socket monitor tells."""
+
+    EVENTS = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+
+    def __init__(self, monitor: zmq.Socket[bytes], curve: bool) -> None:
+        self.monitor = monitor
+        self.curve = curve
+
+    def report(self) -> None:
+        """Print one line for each connection refused since the last call."""
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)
+            reason = why_refused(event["event"], event["value"], self.curve)
+            print(f"Refused a connection: {reason}", file=sys.stderr)
+
+
+def why_refused(kind: int, error: int, curve: bool) -> str:
+    if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"the client's key is not in --curve-clients (ZAP status {error})."
+    if error == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH and curve:
+        return "the client does not use CURVE (it needs --curve-server)."
+    if error == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        return "the client uses CURVE and this server does not (start it with --curve-secret)."
+    if error == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+        return "its CURVE handshake did not decrypt (the client has a wrong server key)."
+    return f"it broke the ZMTP handshake (libzmq protocol error {error:#x})."
+
+
+class KeyFileError(Exception):
+    """A CURVE key file or folder that cannot be used, in one line that names it."""
+
+
+def read_key_pair(path: str) -> tuple[bytes, bytes]:
+    """(public key, secret key) from a NAME.key_secret file."""
+    public_key, secret_key = read_key_file(path)
+    if secret_key is None:
+        raise KeyFileError(f"Cannot use {path}: it holds a public key only; pass NAME.key_secret.")
+    return public_key, secret_key
+
+
+def read_key_file(path: str) -> tuple[bytes, bytes | None]:
+    """(public key, secret key or None) from a file that zmq.auth.create_certificates wrote."""
+    if not zmq.has("curve"):
+        raise KeyFileError(f"Cannot use {path}: this pyzmq was built without CURVE.")
+    if not os.path.isfile(path):
+        what = "not a file" if os.path.exists(path) else "no such file"
+        raise KeyFileError(f"Cannot use {path}: {what}.")
+    if os.path.getsize(path) > MAX_KEY_FILE_BYTES:
+        raise KeyFileError(f"Cannot use {path}: too big for a key file.")
+    try:
+        public_key, secret_key = zmq.auth.load_certificate(path)
+    except OSError as error:
+        raise KeyFileError(f"Cannot read {path}: {error.strerror}.") from None
+    except ValueError:
+        raise KeyFileError(f"Cannot use {path}: it holds no public key.") from None
+    if not is_z85_key(public_key) or not (secret_key is None or is_z85_key(secret_key)):
+        raise KeyFileError(f"Cannot use {path}: a key in it is not 40 characters of Z85.")
+    if secret_key is not None and zmq.curve_public(secret_key) != public_key:
+        raise KeyFileError(f"Cannot use {path}: its public and secret keys are not a pair.")
+    return public_key, secret_key
+
+
+def is_z85_key(key: bytes) -> bool:
+    """True for a CURVE key written as text: 40 characters of Z85 (ZeroMQ's base 85)."""
+    try:
+        return len(z85.decode(key)) == 32
+    # Whatever z85.decode raises for text that is not Z85 (ValueError, KeyError, struct.error).
+    except Exception:
+        return False
 
 
 def printable_bytes(data: bytes, limit: int = 200) -> str:
@@ -171,7 +322,26 @@ def parse_arguments() -> argparse.Namespace:
         metavar="ENDPOINT",
         help=f"ZeroMQ endpoint to bind, tcp:// or ipc:// (default: {DEFAULT_ENDPOINT})",
     )
-    return parser.parse_args()
+    add_curve_server_arguments(parser)
+    args = parser.parse_args()
+    if args.curve_clients is not None and args.curve_secret is None:
+        parser.error("--curve-clients needs --curve-secret")
+    return args
+
+
+def add_curve_server_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--curve-secret",
+        metavar="FILE",
+        help="this server's secret key file (NAME.key_secret, as zmq.auth.create_certificates "
+        "writes it): encrypt with CURVE; clients then need --curve-server NAME.key",
+    )
+    parser.add_argument(
+        "--curve-clients",
+        metavar="DIR",
+        help="with --curve-secret: let in only the clients whose public key file (NAME.key) is "
+        "in DIR",
+    )
 
 
 if __name__ == "__main__":
