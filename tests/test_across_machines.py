@@ -15,8 +15,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import zmq.auth
 
 from conftest import ROOT, WAIT, Launcher, Process, tasks_per_worker
 
@@ -426,3 +428,40 @@ def test_a_subscriber_resumes_once_the_publishers_host_is_back(
         subscriber.expect("^TIME", timeout=6 * DETECTION_SECONDS)
     assert len(tcp_connections(hosts.clients[0], "dport = :5556")) == 1
     assert subscriber.popen.poll() is None, subscriber.describe()
+
+
+def test_request_reply_across_hosts_with_curve_lets_in_only_the_allowed_host(
+    launch: Launcher, hosts: Hosts, tmp_path: Path
+) -> None:
+    for name in ("server", "allowed", "stranger"):
+        zmq.auth.create_certificates(tmp_path, name)
+    (tmp_path / "clients").mkdir()
+    shutil.copy(tmp_path / "allowed.key", tmp_path / "clients")
+    server = hosts.run(
+        launch, hosts.server, "server_req_repl.py", "--bind", "tcp://*:5555",
+        "--curve-secret", str(tmp_path / "server.key_secret"),
+        "--curve-clients", str(tmp_path / "clients"),
+    )  # fmt: skip
+    server.expect(r"^CURVE: encrypted; only clients with a public key file in ")
+    first_address, second_address = hosts.server_addresses
+
+    stranger = hosts.run(
+        launch, hosts.clients[1], "client_req_repl.py",
+        "--connect", f"tcp://{second_address}:5555", "--timeout", str(10 * WAIT),
+        "--curve-server", str(tmp_path / "server.key"),
+        "--curve-secret", str(tmp_path / "stranger.key_secret"),
+    )  # fmt: skip
+    assert stranger.wait() == 1, stranger.describe()
+    stranger.expect(r"^The server at \S+ refused this client's key \(ZAP status 400\)", "stderr")
+    server.expect(r"^Refused a connection: the client's key is not in --curve-clients", "stderr")
+
+    allowed = hosts.run(
+        launch, hosts.clients[0], "client_req_repl.py",
+        "--connect", f"tcp://{first_address}:5555", "from the allowed host",
+        "--curve-server", str(tmp_path / "server.key"),
+        "--curve-secret", str(tmp_path / "allowed.key_secret"),
+    )  # fmt: skip
+    assert allowed.wait() == 0, allowed.describe()
+    allowed.expect(r"^Received reply b'from the allowed host\*'$")
+    server.expect(r"^Received b'from the allowed host'$")
+    assert server.wait() == 0, server.describe()
