@@ -124,6 +124,11 @@ def why_nothing_came(publisher: Connection, timeout: float, topic: str) -> str:
     waited = f"No message from {publisher.endpoint} within {timeout:g} s"
     if not publisher.ever_connected and publisher.curve and publisher.handshakes_failed:
         return f"{waited}: it cut off every CURVE handshake. Is --curve-server its public key file?"
+    if not publisher.ever_connected and publisher.handshakes_failed:
+        return (
+            f"{waited}: it cut off every handshake. If it uses CURVE, pass --curve-server with "
+            "its public key file."
+        )
     if not publisher.ever_connected:
         return f"{waited}. Is the publisher running? Start it with: uv run server_broadcast.py"
     if not publisher.connected:
@@ -255,6 +260,9 @@ def read_key_pair(path: str) -> tuple[bytes, bytes]:
     public_key, secret_key = read_key_file(path)
     if secret_key is None:
         raise KeyFileError(f"Cannot use {path}: it holds a public key only; pass NAME.key_secret.")
+    if os.stat(path).st_mode & 0o077:
+        # As ssh does for its keys, though without refusing: the file works, but it leaks.
+        print(f"Warning: others may read {path}; keep it secret: chmod 600 {path}", file=sys.stderr)
     return public_key, secret_key
 
 

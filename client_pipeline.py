@@ -263,6 +263,9 @@ def read_key_pair(path: str) -> tuple[bytes, bytes]:
     public_key, secret_key = read_key_file(path)
     if secret_key is None:
         raise KeyFileError(f"Cannot use {path}: it holds a public key only; pass NAME.key_secret.")
+    if os.stat(path).st_mode & 0o077:
+        # As ssh does for its keys, though without refusing: the file works, but it leaks.
+        print(f"Warning: others may read {path}; keep it secret: chmod 600 {path}", file=sys.stderr)
     return public_key, secret_key
 
 

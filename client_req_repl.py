@@ -180,6 +180,11 @@ class Server:
                 f"{waited}: the server cut off every CURVE handshake. Is --curve-server its "
                 "public key file?"
             )
+        if not self.ever_connected and self.handshakes_failed:
+            return (
+                f"{waited}: the server cut off every handshake. If it uses CURVE, pass "
+                "--curve-server with its public key file."
+            )
         if not self.ever_connected:
             return f"{waited}. Is the server running? Start it with: uv run server_req_repl.py"
         if self.lost_while_waiting:
@@ -281,6 +286,9 @@ def read_key_pair(path: str) -> tuple[bytes, bytes]:
     public_key, secret_key = read_key_file(path)
     if secret_key is None:
         raise KeyFileError(f"Cannot use {path}: it holds a public key only; pass NAME.key_secret.")
+    if os.stat(path).st_mode & 0o077:
+        # As ssh does for its keys, though without refusing: the file works, but it leaks.
+        print(f"Warning: others may read {path}; keep it secret: chmod 600 {path}", file=sys.stderr)
     return public_key, secret_key
 
 

@@ -128,14 +128,13 @@ def ventilate_and_collect(args: argparse.Namespace, curve_secret_key: bytes | No
         if curve_secret_key is not None:
             print(security(args))
         sink_refusals = Refusals(sink_monitor, curve=curve_secret_key is not None)
-        workers = Workers(monitor, curve=curve_secret_key is not None)
+        workers = Workers(monitor, Refusals(None, curve=curve_secret_key is not None))
         workers.wait_for(args.workers, sink_refusals)
 
         run = Run(args.name, args.tasks)
         poller = zmq.Poller()
         poller.register(sink, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
-        poller.register(sink_monitor, zmq.POLLIN)
         while run.unanswered():
             # Offer tasks only while some are unsent, and only when a worker's queue has room.
             poller.register(ventilator, zmq.POLLOUT if run.unsent else 0)
@@ -146,8 +145,8 @@ def ventilate_and_collect(args: argparse.Namespace, curve_secret_key: bytes | No
                 run.take(sink.recv_multipart())
             if monitor in ready:
                 workers.update()
-            if sink_monitor in ready:
-                sink_refusals.report()
+            sink_refusals.report()
+            workers.refusals.report()
             if run.seconds_without_results() > args.timeout:
                 if run.rounds == args.retries:
                     run.report_missing(args.timeout)
@@ -171,9 +170,10 @@ def send_while_there_is_room(ventilator: zmq.Socket[bytes], run: Run) -> None:
 class Workers:
     """How many workers are connected, from the task socket's monitor events."""
 
-    def __init__(self, monitor: zmq.Socket[bytes], curve: bool) -> None:
+    def __init__(self, monitor: zmq.Socket[bytes], refusals: Refusals) -> None:
         self.monitor = monitor
-        self.curve = curve
+        # The task socket can have one monitor only: refusals come through this one.
+        self.refusals = refusals
         self.handshaking: list[int] = []
         self.connected: set[int] = set()
 
@@ -184,6 +184,7 @@ class Workers:
             if self.monitor.poll(100):
                 self.update(wanted)
             sink_refusals.report()
+            self.refusals.report()
         # Only a worker joining extends the wait, and never past a second: connections that
         # come and go (a port scanner) must not hold the start up.
         give_up_at = time.monotonic() + 5 * JOIN_QUIET_SECONDS
@@ -196,8 +197,7 @@ class Workers:
         """Take one monitor event, print the count when it changes, and return the change."""
         event = recv_monitor_message(self.monitor)
         if event["event"] & Refusals.EVENTS:
-            reason = why_refused(event["event"], event["value"], self.curve)
-            print(f"Refused a connection: {reason}", file=sys.stderr)
+            self.refusals.refused(event["event"], event["value"])
             return 0
         fd = event["value"]
         before = len(self.connected)
@@ -396,17 +396,39 @@ class Refusals:
     """The connections that libzmq refused during their handshake, as a socket monitor tells."""
 
     EVENTS = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    # A refused client tries again about ten times a second: a line a second tells as much.
+    REPEAT_SECONDS = 1.0
 
-    def __init__(self, monitor: zmq.Socket[bytes], curve: bool) -> None:
+    def __init__(self, monitor: zmq.Socket[bytes] | None, curve: bool) -> None:
         self.monitor = monitor
         self.curve = curve
+        self.last_line = ""
+        self.printed_at = -math.inf
+        self.repeats = 0
 
     def report(self) -> None:
-        """Print one line for each connection refused since the last call."""
-        while self.monitor.poll(0):
+        """Print the refusals that the monitor has told of since the last call."""
+        while self.monitor is not None and self.monitor.poll(0):
             event = recv_monitor_message(self.monitor)
-            reason = why_refused(event["event"], event["value"], self.curve)
-            print(f"Refused a connection: {reason}", file=sys.stderr)
+            self.refused(event["event"], event["value"])
+        if self.repeats and time.monotonic() - self.printed_at >= self.REPEAT_SECONDS:
+            self.print_repeats()
+
+    def refused(self, kind: int, error: int) -> None:
+        """One line for a refused connection, or a count if the same line has just gone out."""
+        line = f"Refused a connection: {why_refused(kind, error, self.curve)}"
+        if line == self.last_line and time.monotonic() - self.printed_at < self.REPEAT_SECONDS:
+            self.repeats += 1
+            return
+        if self.repeats:
+            self.print_repeats()
+        print(line, file=sys.stderr)
+        self.last_line, self.printed_at = line, time.monotonic()
+
+    def print_repeats(self) -> None:
+        count = plural(self.repeats, "more connection")
+        print(f"Refused {count} for the same reason.", file=sys.stderr)
+        self.repeats, self.printed_at = 0, time.monotonic()
 
 
 def why_refused(kind: int, error: int, curve: bool) -> str:
@@ -430,6 +452,9 @@ def read_key_pair(path: str) -> tuple[bytes, bytes]:
     public_key, secret_key = read_key_file(path)
     if secret_key is None:
         raise KeyFileError(f"Cannot use {path}: it holds a public key only; pass NAME.key_secret.")
+    if os.stat(path).st_mode & 0o077:
+        # As ssh does for its keys, though without refusing: the file works, but it leaks.
+        print(f"Warning: others may read {path}; keep it secret: chmod 600 {path}", file=sys.stderr)
     return public_key, secret_key
 
 

@@ -21,9 +21,11 @@ import argparse
 import contextlib
 import glob
 import io
+import math
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 
 import zmq
@@ -171,17 +173,43 @@ class Refusals:
     """The connections that libzmq refused during their handshake, as a socket monitor tells."""
 
     EVENTS = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    # A refused client tries again about ten times a second: a line a second tells as much.
+    REPEAT_SECONDS = 1.0
 
-    def __init__(self, monitor: zmq.Socket[bytes], curve: bool) -> None:
+    def __init__(self, monitor: zmq.Socket[bytes] | None, curve: bool) -> None:
         self.monitor = monitor
         self.curve = curve
+        self.last_line = ""
+        self.printed_at = -math.inf
+        self.repeats = 0
 
     def report(self) -> None:
-        """Print one line for each connection refused since the last call."""
-        while self.monitor.poll(0):
+        """Print the refusals that the monitor has told of since the last call."""
+        while self.monitor is not None and self.monitor.poll(0):
             event = recv_monitor_message(self.monitor)
-            reason = why_refused(event["event"], event["value"], self.curve)
-            print(f"Refused a connection: {reason}", file=sys.stderr)
+            self.refused(event["event"], event["value"])
+        if self.repeats and time.monotonic() - self.printed_at >= self.REPEAT_SECONDS:
+            self.print_repeats()
+
+    def refused(self, kind: int, error: int) -> None:
+        """One line for a refused connection, or a count if the same line has just gone out."""
+        line = f"Refused a connection: {why_refused(kind, error, self.curve)}"
+        if line == self.last_line and time.monotonic() - self.printed_at < self.REPEAT_SECONDS:
+            self.repeats += 1
+            return
+        if self.repeats:
+            self.print_repeats()
+        print(line, file=sys.stderr)
+        self.last_line, self.printed_at = line, time.monotonic()
+
+    def print_repeats(self) -> None:
+        count = plural(self.repeats, "more connection")
+        print(f"Refused {count} for the same reason.", file=sys.stderr)
+        self.repeats, self.printed_at = 0, time.monotonic()
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def why_refused(kind: int, error: int, curve: bool) -> str:
@@ -205,6 +233,9 @@ def read_key_pair(path: str) -> tuple[bytes, bytes]:
     public_key, secret_key = read_key_file(path)
     if secret_key is None:
         raise KeyFileError(f"Cannot use {path}: it holds a public key only; pass NAME.key_secret.")
+    if os.stat(path).st_mode & 0o077:
+        # As ssh does for its keys, though without refusing: the file works, but it leaks.
+        print(f"Warning: others may read {path}; keep it secret: chmod 600 {path}", file=sys.stderr)
     return public_key, secret_key
 
 

@@ -18,7 +18,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from conftest import WAIT, Endpoints, Launcher, Pipeline, Process, tasks_per_worker
+from conftest import WAIT, Endpoints, Launcher, Pipeline, Process, tasks_per_worker, wait_for_event
 
 REFUSED_KEY = r"^The server at \S+ refused this client's key \(ZAP status 400\)"
 CLIENT_HAS_NO_CURVE = r"disagree on security: the server uses CURVE; pass --curve-server"
@@ -50,6 +50,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     folder = tmp_path_factory.mktemp("keys")
     for name in ("server", "client", "stranger", "impostor"):
         zmq.auth.create_certificates(folder, name)
+        (folder / f"{name}.key_secret").chmod(0o600)
     (folder / "allowed").mkdir()
     shutil.copy(folder / "client.key", folder / "allowed" / "client.key")
     return Keys(folder)
@@ -590,6 +591,26 @@ def test_a_bad_server_key_file_is_named_in_one_line(
     assert process.stdout == ""
 
 
+def test_a_secret_key_file_that_others_may_read_is_used_with_a_warning(
+    launch: Launcher, endpoints: Endpoints, keys: Keys, tmp_path: Path
+) -> None:
+    endpoint = endpoints.ipc("reqrep")
+    leaky = tmp_path / "leaky.key_secret"
+    shutil.copy(keys.secret("server"), leaky)
+    leaky.chmod(0o644)
+
+    server = reply_server(launch, endpoint, "--curve-secret", str(leaky))
+
+    server.expect(
+        rf"^Warning: others may read {leaky}; keep it secret: chmod 600 {leaky}$", "stderr"
+    )
+    client = launch.script(
+        "client_req_repl.py", "--connect", endpoint, "--curve-server", keys.public("server")
+    )
+    assert client.wait() == 0, client.describe()
+    assert "Warning" not in client.stderr
+
+
 def test_a_client_given_the_servers_secret_file_warns_that_it_should_stay_on_the_server(
     launch: Launcher, endpoints: Endpoints, keys: Keys
 ) -> None:
@@ -702,3 +723,69 @@ def test_keys_made_by_the_readmes_command_work(tmp_path: Path) -> None:
     assert sorted(path.name for path in (tmp_path / "keys").iterdir()) == [
         "client.key", "client.key_secret", "server.key", "server.key_secret",
     ]  # fmt: skip
+
+
+def test_a_client_refused_again_and_again_fills_one_line_a_second_and_every_refusal_is_counted(
+    launch: Launcher, endpoints: Endpoints, keys: Keys, context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    endpoint = endpoints.tcp()
+    server = reply_server(launch, endpoint, *server_with_keys(keys))
+    # A bare client with a wrong server key: libzmq connects again after each refusal, about ten
+    # times a second, and the server refuses each one.
+    client = context.socket(zmq.REQ)
+    client.curve_serverkey, _ = zmq.auth.load_certificate(keys.public("impostor"))
+    client.curve_publickey, client.curve_secretkey = zmq.curve_keypair()
+    monitor = client.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+    client.connect(endpoint)
+    refused = 12
+    for _ in range(refused):
+        wait_for_event(monitor, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+    client.close(linger=0)
+
+    counted = 0
+    while counted < refused:
+        line = server.expect(r"^Refused (a|\d+ more) connections?", "stderr")
+        counted += 1 if line[1] == "a" else int(line[1].split()[0])
+    # One more may have been on its way when the client closed.
+    assert counted <= refused + 1, server.describe()
+    assert len(server.lines["stderr"]) <= refused / 2, server.describe()
+
+
+@pytest.fixture
+def handshake_cutter() -> Iterator[str]:
+    """A TCP endpoint that accepts each connection and closes it at once, as a server that
+    refuses every handshake looks to a client that cannot tell why."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def cut() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            connection.close()
+
+    threading.Thread(target=cut, daemon=True).start()
+    yield f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+@pytest.mark.parametrize(
+    "script,line",
+    [
+        (
+            "client_req_repl.py",
+            r"^No reply from \S+ within 1 s: the server cut off every handshake",
+        ),
+        ("client_broadcast.py", r"^No message from \S+ within 1 s: it cut off every handshake"),
+    ],
+)
+def test_a_plaintext_client_whose_every_handshake_is_cut_off_suggests_curve(
+    launch: Launcher, handshake_cutter: str, script: str, line: str
+) -> None:
+    client = launch.script(script, "--connect", handshake_cutter, "--timeout", "1")
+
+    assert client.wait() == 1, client.describe()
+    client.expect(
+        line + r"\. If it uses CURVE, pass --curve-server with its public key file\.$", "stderr"
+    )
