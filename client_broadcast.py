@@ -70,12 +70,8 @@ def print_messages(args: argparse.Namespace, curve_keys: tuple[bytes, bytes, byt
         context.socket(zmq.SUB) as subscriber,
         subscriber.get_monitor_socket(Connection.EVENTS) as monitor,
     ):
-        if curve_keys is not None:
-            become_curve_client(subscriber, curve_keys)
-        # All a SUB socket queues is its subscription: nothing worth waiting for at exit.
-        subscriber.setsockopt(zmq.LINGER, 0)
-        subscriber.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        drop_vanished_peers(subscriber)
+        set_subscriber_limits(subscriber)
+        become_curve_client(subscriber, curve_keys)
         try:
             subscriber.connect(args.connect)
         except zmq.ZMQError as error:
@@ -97,6 +93,14 @@ def print_messages(args: argparse.Namespace, curve_keys: tuple[bytes, bytes, byt
         return 0
 
 
+def set_subscriber_limits(subscriber: zmq.Socket[bytes]) -> None:
+    """Bound what a publisher, or anyone in its place, can make this subscriber hold."""
+    # All a SUB socket queues is its subscription: nothing worth waiting for at exit.
+    subscriber.setsockopt(zmq.LINGER, 0)
+    subscriber.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    drop_vanished_peers(subscriber)
+
+
 def message_text(frames: list[zmq.Frame]) -> str:
     """The message on one line: the start of its first frames, with what is not UTF-8 or not
     printable escaped. Only what is shown is decoded: a message may be megabytes long."""
@@ -110,8 +114,7 @@ def message_text(frames: list[zmq.Frame]) -> str:
 
 def wait_for_message(publisher: Connection, timeout: float | None) -> bool:
     """True once a message is there, False after `timeout` seconds (None: wait for ever)."""
-    # Poll in 0.1 s slices rather than block: a Ctrl-C that lands just before a blocking call
-    # begins is only acted on when that call returns.
+    # 0.1 s slices, not one blocking call: Ctrl-C is acted on only when such a call returns.
     deadline = None if timeout is None else time.monotonic() + timeout
     while not publisher.socket.poll(100):
         publisher.update()
@@ -139,8 +142,7 @@ def why_nothing_came(publisher: Connection, timeout: float, topic: str) -> str:
 class Connection:
     """A connecting socket's link to its peer, as the socket monitor reports it."""
 
-    # libzmq retries a lost connection by itself, but not one it dropped for breaking the
-    # protocol (a frame over MAXMSGSIZE): without a new connect the socket would stay deaf.
+    # libzmq never retries a connection it dropped for a protocol error, such as a frame too big.
     EVENTS = (
         zmq.EVENT_HANDSHAKE_SUCCEEDED
         | zmq.EVENT_DISCONNECTED
@@ -222,8 +224,10 @@ def client_keys(args: argparse.Namespace) -> tuple[bytes, bytes, bytes] | None:
     return server_key, public_key, secret_key
 
 
-def become_curve_client(socket: zmq.Socket[bytes], keys: tuple[bytes, bytes, bytes]) -> None:
-    """Encrypt the connection, and talk only to the server whose public key we hold."""
+def become_curve_client(socket: zmq.Socket[bytes], keys: tuple[bytes, bytes, bytes] | None) -> None:
+    """With keys, encrypt the connection and talk only to the server whose key we hold."""
+    if keys is None:
+        return
     server_key, public_key, secret_key = keys
     socket.curve_serverkey = server_key
     socket.curve_publickey = public_key
@@ -307,10 +311,12 @@ def printable(text: str, limit: int = 80) -> str:
 
 
 def drop_vanished_peers(socket: zmq.Socket[bytes]) -> None:
-    """Drop an idle TCP peer within about five seconds of its host vanishing without a goodbye."""
-    # TCP keepalive, not ZMTP heartbeats: the peer's kernel answers it even while the peer is
-    # too busy to read, and a busy peer must not be cut off. Not ZMQ_TCP_MAXRT either: Linux
-    # then also cuts off a live peer whose receive window has stayed closed that long.
+    """Drop an idle TCP peer within about five seconds of its host vanishing without a goodbye.
+
+    TCP keepalive, not ZMTP heartbeats: the peer's kernel answers it even while the peer is too
+    busy to read, and a busy peer must not be cut off. Not ZMQ_TCP_MAXRT either: Linux then also
+    cuts off a live peer whose receive window has stayed closed that long.
+    """
     socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
     socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 2)
     socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
@@ -328,10 +334,7 @@ def stop_on_first_signal() -> None:
     """Make Ctrl-C and SIGTERM raise KeyboardInterrupt once, and ignore any signal after it."""
 
     def stop(signum: int, frame: object) -> None:
-        # `uv run` forwards the SIGTERM that its process group also got, and a second Ctrl-C
-        # may come during the shutdown: either would break the clean-up with a traceback.
-        # Blocked for the rest of the run, and handled by a no-op if already on their way
-        # (SIG_IGN would make Python report those as errors).
+        # A second signal (uv run forwards SIGTERM; a second Ctrl-C) would break the clean-up.
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         signal.signal(signal.SIGINT, ignore)

@@ -84,19 +84,9 @@ def work(args: argparse.Namespace, curve_keys: tuple[bytes, bytes, bytes] | None
         receiver.get_monitor_socket(Connection.EVENTS) as receiver_monitor,
         sender.get_monitor_socket(Connection.EVENTS) as sender_monitor,
     ):
-        if curve_keys is not None:
-            become_curve_client(receiver, curve_keys)
-            become_curve_client(sender, curve_keys)
-        # Tasks are tiny: a bigger frame is not from our ventilator, and libzmq drops that peer.
-        receiver.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        receiver.setsockopt(zmq.LINGER, 0)
-        # At exit, queued results get half a second to reach the sink, then are dropped: a live
-        # sink takes them in milliseconds, and a dead one must not hold up Ctrl-C.
-        sender.setsockopt(zmq.LINGER, 500)
-        # The sink sends nothing to a PUSH socket, but libzmq would keep whatever a peer sent.
-        sender.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        drop_vanished_peers(receiver)
-        drop_vanished_peers(sender)
+        set_worker_limits(receiver, sender)
+        become_curve_client(receiver, curve_keys)
+        become_curve_client(sender, curve_keys)
         for socket, endpoint in ((receiver, args.connect), (sender, args.results)):
             try:
                 socket.connect(endpoint)
@@ -112,7 +102,7 @@ def work(args: argparse.Namespace, curve_keys: tuple[bytes, bytes, bytes] | None
         ventilator = Connection(receiver, receiver_monitor, args.connect, MAX_MESSAGE_BYTES, curve)
         sink = Connection(sender, sender_monitor, args.results, MAX_MESSAGE_BYTES, curve)
         while True:
-            # Wait in 0.1 s slices, so that Ctrl-C is seen at once.
+            # 0.1 s slices: Ctrl-C is seen at once, and the monitors are read.
             if not receiver.poll(100):
                 ventilator.update()
                 sink.update()
@@ -125,6 +115,19 @@ def work(args: argparse.Namespace, curve_keys: tuple[bytes, bytes, bytes] | None
             print(f"Task from {printable(sender_name)}: {workload_ms} ms")
             sleep(workload_ms / 1000)
             send_when_there_is_room(sink, pickle.dumps((args.name, sender_name, workload_ms)))
+
+
+def set_worker_limits(receiver: zmq.Socket[bytes], sender: zmq.Socket[bytes]) -> None:
+    """Bound what the ventilator and the sink, or anyone in their place, can make us hold."""
+    # Tasks are tiny: a bigger frame is not from our ventilator, and libzmq drops that peer.
+    receiver.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    receiver.setsockopt(zmq.LINGER, 0)
+    # At exit, queued results get half a second to reach the sink: a dead one must not hold us.
+    sender.setsockopt(zmq.LINGER, 500)
+    # The sink sends nothing to a PUSH socket, but libzmq would keep whatever a peer sent.
+    sender.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    drop_vanished_peers(receiver)
+    drop_vanished_peers(sender)
 
 
 def send_when_there_is_room(sink: Connection, message: bytes) -> None:
@@ -142,8 +145,7 @@ def send_when_there_is_room(sink: Connection, message: bytes) -> None:
 class Connection:
     """A connecting socket's link to its peer, as the socket monitor reports it."""
 
-    # libzmq retries a lost connection by itself, but not one it dropped for breaking the
-    # protocol (a frame over MAXMSGSIZE): without a new connect the socket would stay deaf.
+    # libzmq never retries a connection it dropped for a protocol error, such as a frame too big.
     EVENTS = (
         zmq.EVENT_HANDSHAKE_SUCCEEDED
         | zmq.EVENT_DISCONNECTED
@@ -225,8 +227,10 @@ def client_keys(args: argparse.Namespace) -> tuple[bytes, bytes, bytes] | None:
     return server_key, public_key, secret_key
 
 
-def become_curve_client(socket: zmq.Socket[bytes], keys: tuple[bytes, bytes, bytes]) -> None:
-    """Encrypt the connection, and talk only to the server whose public key we hold."""
+def become_curve_client(socket: zmq.Socket[bytes], keys: tuple[bytes, bytes, bytes] | None) -> None:
+    """With keys, encrypt the connection and talk only to the server whose key we hold."""
+    if keys is None:
+        return
     server_key, public_key, secret_key = keys
     socket.curve_serverkey = server_key
     socket.curve_publickey = public_key
@@ -315,8 +319,7 @@ def load_task(frames: list[bytes]) -> tuple[str, int]:
 
 def load_plain_pickle(data: bytes) -> object:
     """Unpickle tuples, strings and small integers; refuse every other opcode before loading."""
-    # Other opcodes call functions (os.system), build objects or, like LONG_BINPUT, make the
-    # unpickler allocate gigabytes from a 9-byte message.
+    # Others call functions (os.system), build objects, or allocate gigabytes (LONG_BINPUT).
     try:
         opcodes = list(pickletools.genops(data))
     except ValueError as error:
@@ -367,10 +370,12 @@ def printable(text: str, limit: int = 80) -> str:
 
 
 def drop_vanished_peers(socket: zmq.Socket[bytes]) -> None:
-    """Drop an idle TCP peer within about five seconds of its host vanishing without a goodbye."""
-    # TCP keepalive, not ZMTP heartbeats: the peer's kernel answers it even while the peer is
-    # too busy to read, and a busy peer must not be cut off. Not ZMQ_TCP_MAXRT either: Linux
-    # then also cuts off a live peer whose receive window has stayed closed that long.
+    """Drop an idle TCP peer within about five seconds of its host vanishing without a goodbye.
+
+    TCP keepalive, not ZMTP heartbeats: the peer's kernel answers it even while the peer is too
+    busy to read, and a busy peer must not be cut off. Not ZMQ_TCP_MAXRT either: Linux then also
+    cuts off a live peer whose receive window has stayed closed that long.
+    """
     socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
     socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 2)
     socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
@@ -388,10 +393,7 @@ def stop_on_first_signal() -> None:
     """Make Ctrl-C and SIGTERM raise KeyboardInterrupt once, and ignore any signal after it."""
 
     def stop(signum: int, frame: object) -> None:
-        # `uv run` forwards the SIGTERM that its process group also got, and a second Ctrl-C
-        # may come during the shutdown: either would break the clean-up with a traceback.
-        # Blocked for the rest of the run, and handled by a no-op if already on their way
-        # (SIG_IGN would make Python report those as errors).
+        # A second signal (uv run forwards SIGTERM; a second Ctrl-C) would break the clean-up.
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         signal.signal(signal.SIGINT, ignore)

@@ -102,8 +102,7 @@ def open_requester(
 ) -> tuple[zmq.Socket[bytes], Server]:
     """A REQ socket connecting to `endpoint`, and the server as its monitor will tell of it."""
     requester = context.socket(zmq.REQ)
-    if curve_keys is not None:
-        become_curve_client(requester, curve_keys)
+    become_curve_client(requester, curve_keys)
     # Nothing is worth delivering at exit: every request has had its reply or been given up.
     requester.setsockopt(zmq.LINGER, 0)
     # A reply much bigger than any request is not from our server: libzmq drops that peer.
@@ -161,8 +160,7 @@ class Server:
 
     def wait_for_reply(self, requester: zmq.Socket[bytes], timeout: float) -> bool:
         """True once a reply is there, False after `timeout` seconds."""
-        # Poll in 0.1 s slices rather than block: a Ctrl-C that lands just before a blocking
-        # call begins is only acted on when that call returns.
+        # 0.1 s slices, not one blocking call: Ctrl-C is acted on only when such a call returns.
         deadline = time.monotonic() + timeout
         while not requester.poll(100):
             self.update()
@@ -248,8 +246,10 @@ def client_keys(args: argparse.Namespace) -> tuple[bytes, bytes, bytes] | None:
     return server_key, public_key, secret_key
 
 
-def become_curve_client(socket: zmq.Socket[bytes], keys: tuple[bytes, bytes, bytes]) -> None:
-    """Encrypt the connection, and talk only to the server whose public key we hold."""
+def become_curve_client(socket: zmq.Socket[bytes], keys: tuple[bytes, bytes, bytes] | None) -> None:
+    """With keys, encrypt the connection and talk only to the server whose key we hold."""
+    if keys is None:
+        return
     server_key, public_key, secret_key = keys
     socket.curve_serverkey = server_key
     socket.curve_publickey = public_key
@@ -337,10 +337,12 @@ def printable_bytes(data: bytes, limit: int = 200) -> str:
 
 
 def drop_vanished_peers(socket: zmq.Socket[bytes]) -> None:
-    """Drop an idle TCP peer within about five seconds of its host vanishing without a goodbye."""
-    # TCP keepalive, not ZMTP heartbeats: the peer's kernel answers it even while the peer is
-    # too busy to read, and a busy peer must not be cut off. Not ZMQ_TCP_MAXRT either: Linux
-    # then also cuts off a live peer whose receive window has stayed closed that long.
+    """Drop an idle TCP peer within about five seconds of its host vanishing without a goodbye.
+
+    TCP keepalive, not ZMTP heartbeats: the peer's kernel answers it even while the peer is too
+    busy to read, and a busy peer must not be cut off. Not ZMQ_TCP_MAXRT either: Linux then also
+    cuts off a live peer whose receive window has stayed closed that long.
+    """
     socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
     socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 2)
     socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
@@ -358,10 +360,7 @@ def stop_on_first_signal() -> None:
     """Make Ctrl-C and SIGTERM raise KeyboardInterrupt once, and ignore any signal after it."""
 
     def stop(signum: int, frame: object) -> None:
-        # `uv run` forwards the SIGTERM that its process group also got, and a second Ctrl-C
-        # may come during the shutdown: either would break the clean-up with a traceback.
-        # Blocked for the rest of the run, and handled by a no-op if already on their way
-        # (SIG_IGN would make Python report those as errors).
+        # A second signal (uv run forwards SIGTERM; a second Ctrl-C) would break the clean-up.
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         signal.signal(signal.SIGINT, ignore)

@@ -39,9 +39,7 @@ from zmq.utils.monitor import recv_monitor_message
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 # Subscribers send only their subscriptions, which are short.
 MAX_SUBSCRIPTION_BYTES = 4096
-# Connections the kernel queues before libzmq accepts them (libzmq's default is 100):
-# past it, each further peer waits a second for its SYN to be retried, and a thousand
-# subscribers starting at once would take seconds to join.
+# Connections queued before libzmq accepts them: past libzmq's 100, a joiner waits 1 s to retry.
 LISTEN_BACKLOG = 1024
 MAX_KEY_FILE_BYTES = 64 * 1024
 
@@ -71,23 +69,15 @@ def publish(args: argparse.Namespace, curve_secret_key: bytes | None) -> int:
         context.socket(zmq.PUB) as publisher,
         publisher.get_monitor_socket(Refusals.EVENTS) as monitor,
     ):
-        if curve_secret_key is not None:
-            become_curve_server(publisher, curve_secret_key)
-        # At exit, give queued messages half a second to leave, then drop them: never hang on a
-        # slow subscriber.
-        publisher.setsockopt(zmq.LINGER, 500)
-        # Anyone who can connect can subscribe: libzmq drops a peer whose frame is over the cap.
-        publisher.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
-        publisher.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
-        drop_vanished_peers(publisher)
+        set_publisher_limits(publisher)
+        become_curve_server(publisher, curve_secret_key)
         try:
             publisher.bind(args.bind)
         except zmq.ZMQError as error:
             print(f"Cannot bind: {error}", file=sys.stderr)
             return 1
         print(f"Publishing on {args.bind} every {args.interval:g} s (Ctrl-C to stop).")
-        if curve_secret_key is not None:
-            print(security(args))
+        print_who_may_connect(args)
         refusals = Refusals(monitor, curve=curve_secret_key is not None)
 
         flat_out = args.interval == 0
@@ -101,12 +91,22 @@ def publish(args: argparse.Namespace, curve_secret_key: bytes | None) -> int:
             if not flat_out:
                 print(f"Sent {message}")
             elif number % 100_000 == 0:
-                # Flat out, a line per message would swamp the terminal and slow the loop down.
+                # A line per message would swamp the terminal and slow the loop down.
                 print(f"Sent {number} messages, the last: {message}")
                 refusals.report()
         if flat_out:
             print(f"Sent {args.count} messages.")
         return 0
+
+
+def set_publisher_limits(publisher: zmq.Socket[bytes]) -> None:
+    """Bound what any subscriber can make this publisher hold or wait for."""
+    # At exit, queued messages get half a second to leave: never hang on a slow subscriber.
+    publisher.setsockopt(zmq.LINGER, 500)
+    # Anyone who can connect can subscribe: libzmq drops a peer whose frame is over the cap.
+    publisher.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
+    publisher.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
+    drop_vanished_peers(publisher)
 
 
 def sleep_until_next(scheduled: float, interval: float, refusals: Refusals) -> float:
@@ -115,11 +115,9 @@ def sleep_until_next(scheduled: float, interval: float, refusals: Refusals) -> f
     # To a schedule, not a fixed pause, so the rate holds whatever a send costs.
     scheduled += interval
     if scheduled < time.monotonic():
-        # After a pause (SIGSTOP, a suspended laptop), start afresh rather than catch up in a
-        # burst of every message missed.
+        # After a pause (SIGSTOP, a laptop asleep), start afresh: no burst of missed messages.
         scheduled = time.monotonic() + interval
-    # In 0.1 s slices: a Ctrl-C that lands just before a long sleep begins would otherwise be
-    # acted on only when the whole sleep is over.
+    # 0.1 s slices, not one long sleep: Ctrl-C is acted on only when a sleep is over.
     while (remaining := scheduled - time.monotonic()) > 0:
         time.sleep(min(remaining, 0.1))
         refusals.report()
@@ -147,16 +145,19 @@ def check_client_keys(folder: str) -> None:
         read_key_file(path)
 
 
-def security(args: argparse.Namespace) -> str:
-    """One line on who may connect, for the start-up output."""
+def print_who_may_connect(args: argparse.Namespace) -> None:
+    """Say, with CURVE, whether any client with the server's key may connect or only some."""
     if args.curve_clients is not None:
         folder = args.curve_clients
-        return f"CURVE: encrypted; only clients with a public key file in {folder} may connect."
-    return "CURVE: encrypted; any client that has this server's public key may connect."
+        print(f"CURVE: encrypted; only clients with a public key file in {folder} may connect.")
+    elif args.curve_secret is not None:
+        print("CURVE: encrypted; any client that has this server's public key may connect.")
 
 
-def become_curve_server(socket: zmq.Socket[bytes], secret_key: bytes) -> None:
-    """Encrypt every connection, proving to clients that this is the server they know."""
+def become_curve_server(socket: zmq.Socket[bytes], secret_key: bytes | None) -> None:
+    """With a key, encrypt every connection, proving to clients that this is the server."""
+    if secret_key is None:
+        return
     socket.curve_secretkey = secret_key
     socket.curve_server = True
 
@@ -169,8 +170,7 @@ def only_clients_in(
     if folder is None:
         yield
         return
-    # pyzmq's authenticator answers libzmq's ZAP requests from a thread: refused keys get
-    # status 400, and the refused client is told so.
+    # pyzmq's authenticator answers libzmq's ZAP requests from a thread, status 400 to refuse.
     authenticator = ThreadAuthenticator(context)
     authenticator.start()
     authenticator.configure_curve(domain=domain, location=folder)
@@ -282,10 +282,12 @@ def is_z85_key(key: bytes) -> bool:
 
 
 def drop_vanished_peers(socket: zmq.Socket[bytes]) -> None:
-    """Drop an idle TCP peer within about five seconds of its host vanishing without a goodbye."""
-    # TCP keepalive, not ZMTP heartbeats: the peer's kernel answers it even while the peer is
-    # too busy to read, and a busy peer must not be cut off. Not ZMQ_TCP_MAXRT either: Linux
-    # then also cuts off a live peer whose receive window has stayed closed that long.
+    """Drop an idle TCP peer within about five seconds of its host vanishing without a goodbye.
+
+    TCP keepalive, not ZMTP heartbeats: the peer's kernel answers it even while the peer is too
+    busy to read, and a busy peer must not be cut off. Not ZMQ_TCP_MAXRT either: Linux then also
+    cuts off a live peer whose receive window has stayed closed that long.
+    """
     socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
     socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 2)
     socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
@@ -303,10 +305,7 @@ def stop_on_first_signal() -> None:
     """Make Ctrl-C and SIGTERM raise KeyboardInterrupt once, and ignore any signal after it."""
 
     def stop(signum: int, frame: object) -> None:
-        # `uv run` forwards the SIGTERM that its process group also got, and a second Ctrl-C
-        # may come during the shutdown: either would break the clean-up with a traceback.
-        # Blocked for the rest of the run, and handled by a no-op if already on their way
-        # (SIG_IGN would make Python report those as errors).
+        # A second signal (uv run forwards SIGTERM; a second Ctrl-C) would break the clean-up.
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         signal.signal(signal.SIGINT, ignore)

@@ -51,15 +51,11 @@ MAX_WORKLOAD_MS = 10_000
 MAX_NAME_CHARACTERS = 200
 MAX_TASKS = 1_000_000
 MAX_KEY_FILE_BYTES = 64 * 1024
-# Set on both sockets: it makes libzmq refuse peers that speak ZMTP 1.0 or 2.0, and names the
-# sockets to the authenticator.
+# On both sockets: libzmq then refuses ZMTP 1.0 and 2.0 peers, and tells the authenticator.
 ZAP_DOMAIN = "pipeline"
-# Connections the kernel queues before libzmq accepts them (libzmq's default is 100):
-# past it, each further peer waits a second for its SYN to be retried, and a thousand
-# subscribers starting at once would take seconds to join.
+# Connections queued before libzmq accepts them: past libzmq's 100, a joiner waits 1 s to retry.
 LISTEN_BACKLOG = 1024
-# Start sending once no worker has joined for this long: workers started before the ventilator
-# retry every 0.1 s, and each should get its share.
+# Workers started before the ventilator retry every 0.1 s: wait this long after the last joins.
 JOIN_QUIET_SECONDS = 0.2
 WORKER_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 # Every opcode that pickles a tuple of strings and small integers, at protocols 2 to 5.
@@ -100,24 +96,9 @@ def ventilate_and_collect(args: argparse.Namespace, curve_secret_key: bytes | No
         ventilator.get_monitor_socket(WORKER_EVENTS | Refusals.EVENTS) as monitor,
         sink.get_monitor_socket(Refusals.EVENTS) as sink_monitor,
     ):
-        if curve_secret_key is not None:
-            become_curve_server(ventilator, curve_secret_key)
-            become_curve_server(sink, curve_secret_key)
-        # A ZAP domain makes libzmq refuse peers that speak ZMTP 1.0 or 2.0 (an HTTP client, say):
-        # PUSH would deal them tasks, and no handshake event would announce them.
-        ventilator.setsockopt_string(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
-        sink.setsockopt_string(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
-        # Unsent tasks are worthless once the run is over or given up: never wait for them at exit.
-        ventilator.setsockopt(zmq.LINGER, 0)
-        # Workers send nothing to a PUSH socket, but libzmq would keep whatever a peer sent.
-        ventilator.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        sink.setsockopt(zmq.LINGER, 0)
-        # Anyone who can connect can send results: libzmq drops a peer whose frame is too big.
-        sink.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        ventilator.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
-        sink.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
-        drop_vanished_peers(ventilator)
-        drop_vanished_peers(sink)
+        for socket in (ventilator, sink):
+            set_ventilator_and_sink_limits(socket)
+            become_curve_server(socket, curve_secret_key)
         for socket, endpoint in ((ventilator, args.bind), (sink, args.results)):
             try:
                 socket.bind(endpoint)
@@ -125,11 +106,9 @@ def ventilate_and_collect(args: argparse.Namespace, curve_secret_key: bytes | No
                 print(f"Cannot bind: {error}", file=sys.stderr)
                 return 1
         print(f"Ventilator on {args.bind}, sink on {args.results} (Ctrl-C to stop).")
-        if curve_secret_key is not None:
-            print(security(args))
-        sink_refusals = Refusals(sink_monitor, curve=curve_secret_key is not None)
-        workers = Workers(monitor, Refusals(None, curve=curve_secret_key is not None))
-        workers.wait_for(args.workers, sink_refusals)
+        print_who_may_connect(args)
+        workers = Workers(monitor, sink_monitor, curve=curve_secret_key is not None)
+        workers.wait_for(args.workers)
 
         run = Run(args.name, args.tasks)
         poller = zmq.Poller()
@@ -145,15 +124,23 @@ def ventilate_and_collect(args: argparse.Namespace, curve_secret_key: bytes | No
                 run.take(sink.recv_multipart())
             if monitor in ready:
                 workers.update()
-            sink_refusals.report()
-            workers.refusals.report()
-            if run.seconds_without_results() > args.timeout:
-                if run.rounds == args.retries:
-                    run.report_missing(args.timeout)
-                    return 1
-                run.send_missing_again(args.timeout, args.retries, len(workers.connected))
+            workers.report_refusals()
+            if run.out_of_time(args.timeout, args.retries, len(workers.connected)):
+                return 1
         run.print_summary()
         return 0
+
+
+def set_ventilator_and_sink_limits(socket: zmq.Socket[bytes]) -> None:
+    """Bound what any peer can make the ventilator or the sink hold or wait for."""
+    # A ZAP domain makes libzmq refuse ZMTP 1.0 and 2.0 peers: PUSH would deal them tasks.
+    socket.setsockopt_string(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+    # Unsent tasks and unread results are worthless once the run is over or given up.
+    socket.setsockopt(zmq.LINGER, 0)
+    # libzmq drops a peer whose frame is over the cap, even on PUSH, where peers send nothing.
+    socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    socket.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
+    drop_vanished_peers(socket)
 
 
 def send_while_there_is_room(ventilator: zmq.Socket[bytes], run: Run) -> None:
@@ -170,28 +157,34 @@ def send_while_there_is_room(ventilator: zmq.Socket[bytes], run: Run) -> None:
 class Workers:
     """How many workers are connected, from the task socket's monitor events."""
 
-    def __init__(self, monitor: zmq.Socket[bytes], refusals: Refusals) -> None:
+    def __init__(
+        self, monitor: zmq.Socket[bytes], sink_monitor: zmq.Socket[bytes], curve: bool
+    ) -> None:
         self.monitor = monitor
-        # The task socket can have one monitor only: refusals come through this one.
-        self.refusals = refusals
+        # A socket has one monitor only: the task socket's refusals come through `monitor`.
+        self.refusals = Refusals(None, curve)
+        self.sink_refusals = Refusals(sink_monitor, curve)
         self.handshaking: list[int] = []
         self.connected: set[int] = set()
 
-    def wait_for(self, wanted: int, sink_refusals: Refusals) -> None:
+    def wait_for(self, wanted: int) -> None:
         """Return once `wanted` workers are connected and no other has joined for a moment."""
         print(f"Waiting for {plural(wanted, 'worker')} to connect.")
         while len(self.connected) < wanted:
             if self.monitor.poll(100):
                 self.update(wanted)
-            sink_refusals.report()
-            self.refusals.report()
-        # Only a worker joining extends the wait, and never past a second: connections that
-        # come and go (a port scanner) must not hold the start up.
+            self.report_refusals()
+        # Only a join extends the wait, never past a second: a port scanner must not hold it up.
         give_up_at = time.monotonic() + 5 * JOIN_QUIET_SECONDS
         start_at = time.monotonic() + JOIN_QUIET_SECONDS
         while (remaining := start_at - time.monotonic()) > 0:
             if self.monitor.poll(max(1, int(remaining * 1000))) and self.update(wanted) > 0:
                 start_at = min(time.monotonic() + JOIN_QUIET_SECONDS, give_up_at)
+
+    def report_refusals(self) -> None:
+        """Print the connections to either socket that libzmq refused in their handshake."""
+        self.refusals.report()
+        self.sink_refusals.report()
 
     def update(self, wanted: int | None = None) -> int:
         """Take one monitor event, print the count when it changes, and return the change."""
@@ -204,8 +197,7 @@ class Workers:
         if event["event"] == zmq.EVENT_ACCEPTED:
             self.handshaking.append(fd)
         elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED and self.handshaking:
-            # libzmq does not say which connection finished its handshake: the one accepted
-            # last is the likeliest, as a handshake takes milliseconds.
+            # libzmq does not say which connection it was: the one accepted last is likeliest.
             self.connected.add(self.handshaking.pop())
         elif event["event"] == zmq.EVENT_DISCONNECTED:
             # A connection that never finished its handshake (a port scanner) was never a worker.
@@ -315,6 +307,17 @@ class Run:
     def seconds_without_results(self) -> float:
         return time.monotonic() - self.last_result
 
+    def out_of_time(self, timeout: float, retries: int, workers: int) -> bool:
+        """True once results have stopped for `timeout` and every retry round is spent;
+        until then, send the missing tasks again after each pause."""
+        if self.seconds_without_results() <= timeout:
+            return False
+        if self.rounds == retries:
+            self.report_missing(timeout)
+            return True
+        self.send_missing_again(timeout, retries, workers)
+        return False
+
     def report_missing(self, timeout: float) -> None:
         missing = self.unanswered()
         print(
@@ -359,16 +362,19 @@ def check_client_keys(folder: str) -> None:
         read_key_file(path)
 
 
-def security(args: argparse.Namespace) -> str:
-    """One line on who may connect, for the start-up output."""
+def print_who_may_connect(args: argparse.Namespace) -> None:
+    """Say, with CURVE, whether any client with the server's key may connect or only some."""
     if args.curve_clients is not None:
         folder = args.curve_clients
-        return f"CURVE: encrypted; only clients with a public key file in {folder} may connect."
-    return "CURVE: encrypted; any client that has this server's public key may connect."
+        print(f"CURVE: encrypted; only clients with a public key file in {folder} may connect.")
+    elif args.curve_secret is not None:
+        print("CURVE: encrypted; any client that has this server's public key may connect.")
 
 
-def become_curve_server(socket: zmq.Socket[bytes], secret_key: bytes) -> None:
-    """Encrypt every connection, proving to clients that this is the server they know."""
+def become_curve_server(socket: zmq.Socket[bytes], secret_key: bytes | None) -> None:
+    """With a key, encrypt every connection, proving to clients that this is the server."""
+    if secret_key is None:
+        return
     socket.curve_secretkey = secret_key
     socket.curve_server = True
 
@@ -381,8 +387,7 @@ def only_clients_in(
     if folder is None:
         yield
         return
-    # pyzmq's authenticator answers libzmq's ZAP requests from a thread: refused keys get
-    # status 400, and the refused client is told so.
+    # pyzmq's authenticator answers libzmq's ZAP requests from a thread, status 400 to refuse.
     authenticator = ThreadAuthenticator(context)
     authenticator.start()
     authenticator.configure_curve(domain=domain, location=folder)
@@ -505,8 +510,7 @@ def load_result(frames: list[bytes]) -> tuple[str, str, int]:
 
 def load_plain_pickle(data: bytes) -> object:
     """Unpickle tuples, strings and small integers; refuse every other opcode before loading."""
-    # Other opcodes call functions (os.system), build objects or, like LONG_BINPUT, make the
-    # unpickler allocate gigabytes from a 9-byte message.
+    # Others call functions (os.system), build objects, or allocate gigabytes (LONG_BINPUT).
     try:
         opcodes = list(pickletools.genops(data))
     except ValueError as error:
@@ -561,10 +565,12 @@ def plural(count: int, noun: str) -> str:
 
 
 def drop_vanished_peers(socket: zmq.Socket[bytes]) -> None:
-    """Drop an idle TCP peer within about five seconds of its host vanishing without a goodbye."""
-    # TCP keepalive, not ZMTP heartbeats: the peer's kernel answers it even while the peer is
-    # too busy to read, and a busy peer must not be cut off. Not ZMQ_TCP_MAXRT either: Linux
-    # then also cuts off a live peer whose receive window has stayed closed that long.
+    """Drop an idle TCP peer within about five seconds of its host vanishing without a goodbye.
+
+    TCP keepalive, not ZMTP heartbeats: the peer's kernel answers it even while the peer is too
+    busy to read, and a busy peer must not be cut off. Not ZMQ_TCP_MAXRT either: Linux then also
+    cuts off a live peer whose receive window has stayed closed that long.
+    """
     socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
     socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 2)
     socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
@@ -582,10 +588,7 @@ def stop_on_first_signal() -> None:
     """Make Ctrl-C and SIGTERM raise KeyboardInterrupt once, and ignore any signal after it."""
 
     def stop(signum: int, frame: object) -> None:
-        # `uv run` forwards the SIGTERM that its process group also got, and a second Ctrl-C
-        # may come during the shutdown: either would break the clean-up with a traceback.
-        # Blocked for the rest of the run, and handled by a no-op if already on their way
-        # (SIG_IGN would make Python report those as errors).
+        # A second signal (uv run forwards SIGTERM; a second Ctrl-C) would break the clean-up.
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         signal.signal(signal.SIGINT, ignore)

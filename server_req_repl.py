@@ -36,9 +36,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 MAX_MESSAGE_BYTES = 64 * 1024
-# Connections the kernel queues before libzmq accepts them (libzmq's default is 100):
-# past it, each further peer waits a second for its SYN to be retried, and a thousand
-# subscribers starting at once would take seconds to join.
+# Connections queued before libzmq accepts them: past libzmq's 100, a joiner waits 1 s to retry.
 LISTEN_BACKLOG = 1024
 # Requests a peer may queue before libzmq stops reading from it (a DEALER can send many at once).
 MAX_QUEUED_REQUESTS = 100
@@ -70,29 +68,15 @@ def serve(args: argparse.Namespace, curve_secret_key: bytes | None) -> int:
         context.socket(zmq.REP) as responder,
         responder.get_monitor_socket(Refusals.EVENTS) as monitor,
     ):
-        if curve_secret_key is not None:
-            become_curve_server(responder, curve_secret_key)
-        # At exit, a live client takes its reply within milliseconds; one that has gone (the
-        # post's client never reads the reply to STOP) must not hold the exit up longer than this.
-        responder.setsockopt(zmq.LINGER, 200)
-        # Anyone who can connect can send: libzmq drops a peer whose frame is over the cap, and
-        # the queue limits bound what one peer can make this process hold.
-        responder.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        responder.setsockopt(zmq.RCVHWM, MAX_QUEUED_REQUESTS)
-        responder.setsockopt(zmq.SNDHWM, MAX_QUEUED_REQUESTS)
-        # Block for 0.1 s at most per call: a Ctrl-C that lands just before a blocking call begins
-        # is only acted on when the call returns.
-        responder.setsockopt(zmq.RCVTIMEO, 100)
-        responder.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
-        drop_vanished_peers(responder)
+        set_responder_limits(responder)
+        become_curve_server(responder, curve_secret_key)
         try:
             responder.bind(args.bind)
         except zmq.ZMQError as error:
             print(f"Cannot bind: {error}", file=sys.stderr)
             return 1
         print(f"Request-reply server on {args.bind}. Waiting for requests (Ctrl-C to stop).")
-        if curve_secret_key is not None:
-            print(security(args))
+        print_who_may_connect(args)
         refusals = Refusals(monitor, curve=curve_secret_key is not None)
 
         while True:
@@ -113,6 +97,21 @@ def serve(args: argparse.Namespace, curve_secret_key: bytes | None) -> int:
             if request == b"STOP":
                 print("STOP received: shutting down.")
                 return 0
+
+
+def set_responder_limits(responder: zmq.Socket[bytes]) -> None:
+    """Bound what any client can make this server hold, and how long anything may block."""
+    # A client that has gone (the post's never reads STOP's reply) must not hold up the exit.
+    responder.setsockopt(zmq.LINGER, 200)
+    # libzmq drops a peer whose frame is over the cap.
+    responder.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    # A DEALER may send many requests at once: past this, libzmq stops reading from it.
+    responder.setsockopt(zmq.RCVHWM, MAX_QUEUED_REQUESTS)
+    responder.setsockopt(zmq.SNDHWM, MAX_QUEUED_REQUESTS)
+    # Blocking calls end every 0.1 s: Ctrl-C is acted on only when a blocking call returns.
+    responder.setsockopt(zmq.RCVTIMEO, 100)
+    responder.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
+    drop_vanished_peers(responder)
 
 
 def server_secret_key(args: argparse.Namespace) -> bytes | None:
@@ -136,16 +135,19 @@ def check_client_keys(folder: str) -> None:
         read_key_file(path)
 
 
-def security(args: argparse.Namespace) -> str:
-    """One line on who may connect, for the start-up output."""
+def print_who_may_connect(args: argparse.Namespace) -> None:
+    """Say, with CURVE, whether any client with the server's key may connect or only some."""
     if args.curve_clients is not None:
         folder = args.curve_clients
-        return f"CURVE: encrypted; only clients with a public key file in {folder} may connect."
-    return "CURVE: encrypted; any client that has this server's public key may connect."
+        print(f"CURVE: encrypted; only clients with a public key file in {folder} may connect.")
+    elif args.curve_secret is not None:
+        print("CURVE: encrypted; any client that has this server's public key may connect.")
 
 
-def become_curve_server(socket: zmq.Socket[bytes], secret_key: bytes) -> None:
-    """Encrypt every connection, proving to clients that this is the server they know."""
+def become_curve_server(socket: zmq.Socket[bytes], secret_key: bytes | None) -> None:
+    """With a key, encrypt every connection, proving to clients that this is the server."""
+    if secret_key is None:
+        return
     socket.curve_secretkey = secret_key
     socket.curve_server = True
 
@@ -158,8 +160,7 @@ def only_clients_in(
     if folder is None:
         yield
         return
-    # pyzmq's authenticator answers libzmq's ZAP requests from a thread: refused keys get
-    # status 400, and the refused client is told so.
+    # pyzmq's authenticator answers libzmq's ZAP requests from a thread, status 400 to refuse.
     authenticator = ThreadAuthenticator(context)
     authenticator.start()
     authenticator.configure_curve(domain=domain, location=folder)
@@ -278,10 +279,12 @@ def printable_bytes(data: bytes, limit: int = 200) -> str:
 
 
 def drop_vanished_peers(socket: zmq.Socket[bytes]) -> None:
-    """Drop an idle TCP peer within about five seconds of its host vanishing without a goodbye."""
-    # TCP keepalive, not ZMTP heartbeats: the peer's kernel answers it even while the peer is
-    # too busy to read, and a busy peer must not be cut off. Not ZMQ_TCP_MAXRT either: Linux
-    # then also cuts off a live peer whose receive window has stayed closed that long.
+    """Drop an idle TCP peer within about five seconds of its host vanishing without a goodbye.
+
+    TCP keepalive, not ZMTP heartbeats: the peer's kernel answers it even while the peer is too
+    busy to read, and a busy peer must not be cut off. Not ZMQ_TCP_MAXRT either: Linux then also
+    cuts off a live peer whose receive window has stayed closed that long.
+    """
     socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
     socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 2)
     socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
@@ -299,10 +302,7 @@ def stop_on_first_signal() -> None:
     """Make Ctrl-C and SIGTERM raise KeyboardInterrupt once, and ignore any signal after it."""
 
     def stop(signum: int, frame: object) -> None:
-        # `uv run` forwards the SIGTERM that its process group also got, and a second Ctrl-C
-        # may come during the shutdown: either would break the clean-up with a traceback.
-        # Blocked for the rest of the run, and handled by a no-op if already on their way
-        # (SIG_IGN would make Python report those as errors).
+        # A second signal (uv run forwards SIGTERM; a second Ctrl-C) would break the clean-up.
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         signal.signal(signal.SIGINT, ignore)
