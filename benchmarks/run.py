@@ -1,17 +1,21 @@
 """Put numbers on the post's performance claims, on this machine, with the repository's scripts.
 
-    uv run benchmarks/run.py                  # about a minute; prints progress, then one table
+    uv run benchmarks/run.py                  # about five minutes; prints progress, then one table
     uv run benchmarks/run.py --quick          # a few seconds: a smoke test of the whole run
     uv run --group bench benchmarks/run.py --plot benchmarks/results.png
 
-Each script runs as a subprocess through its command line, its output sent to /dev/null, against
-bare-pyzmq peers (benchmarks/peers.py); each figure stands next to a bare-pyzmq baseline measured
-in the same run, or next to its theoretical bound. Rates are medians over repeated runs.
+Each script runs as a subprocess through its command line, its output sent to /dev/null or a
+file, against bare-pyzmq peers (benchmarks/peers.py); each figure stands next to a bare-pyzmq
+baseline measured in the same run, or next to its theoretical bound. Script and baseline runs
+alternate (script, bare, script, bare, ...), and each ratio is the median of the ratios of those
+pairs, with the lowest and the highest beside it. Request-reply and publish-subscribe run over
+TCP on 127.0.0.1, as the scripts do by default, on free ports; the pipeline over ipc://.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -19,60 +23,85 @@ import platform
 import re
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import zmq
+import zmq.auth
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = Path(__file__).resolve().parent / "peers.py"
+DISPATCHER = Path(__file__).resolve().parent / "dispatcher.py"
 SUBSCRIBER_SOCKETS_PER_PROCESS = 250
+# libzmq's listen backlog when a socket does not set ZMQ_BACKLOG.
+DEFAULT_BACKLOG = 100
+# How long any one wait for a peer may take before the run fails, saying which peer it was.
+WAIT = 60.0
+# Peers get the common start this far ahead: time to write it to all of them and for each to
+# run a little before its window opens, so every window starts under the same load.
+START_LEAD = 0.2
 STARTED = time.monotonic()
 
 
 @dataclass
 class Settings:
-    repeats: int
-    round_trip_seconds: float
-    client_counts: Sequence[int]
+    # Clients -> (script/bare pairs of runs, seconds each run measures).
+    request_reply: dict[int, tuple[int, float]]
+    publish_pairs: int
     publish_count: int
-    subscriber_counts: Sequence[int]
+    curve_pairs: int
+    join_counts: Sequence[int]
+    join_repeats: int
+    fan_out_subscribers: int
+    fan_out_interval: float
     fan_out_seconds: float
     worker_counts: Sequence[int]
     tasks: int
     pipeline_repeats: int
+    balance_repeats: int
 
 
 FULL = Settings(
-    repeats=7,
-    round_trip_seconds=0.3,
-    client_counts=(1, 4, 16),
+    request_reply={1: (9, 1.0), 4: (5, 0.5), 16: (5, 0.5)},
+    publish_pairs=7,
     publish_count=200_000,
-    subscriber_counts=(1, 10, 100, 1000),
-    fan_out_seconds=2.0,
+    curve_pairs=7,
+    join_counts=(100, 250, 500, 1000),
+    join_repeats=3,
+    fan_out_subscribers=1000,
+    fan_out_interval=0.001,
+    # At least two whole seconds of messages counted after every subscriber's first second.
+    fan_out_seconds=3.5,
     worker_counts=(1, 2, 3, 4, 8, 16),
     tasks=100,
     pipeline_repeats=2,
+    balance_repeats=3,
 )
 QUICK = Settings(
-    repeats=1,
-    round_trip_seconds=0.3,
-    client_counts=(1, 4),
+    request_reply={1: (2, 0.2), 4: (1, 0.2)},
+    publish_pairs=1,
     publish_count=20_000,
-    subscriber_counts=(1, 10),
-    fan_out_seconds=1.5,
+    curve_pairs=1,
+    join_counts=(250,),
+    join_repeats=1,
+    fan_out_subscribers=250,
+    fan_out_interval=0.001,
+    fan_out_seconds=2.2,
     worker_counts=(3,),
     tasks=30,
     pipeline_repeats=1,
+    balance_repeats=1,
 )
 
 
@@ -84,17 +113,25 @@ class Row:
     baseline_name: str = ""
     note: str = ""
     unit: str = ""
+    # The ratio of each script/bare pair of runs, when the runs were paired.
+    paired_ratios: list[float] = field(default_factory=list)
 
     @property
     def ratio(self) -> float | None:
+        if self.paired_ratios:
+            return statistics.median(self.paired_ratios)
         return None if not self.baseline else self.ours / self.baseline
 
 
 @dataclass
 class Results:
     rows: list[Row] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     speedup: dict[int, dict[str, float]] = field(default_factory=dict)
-    delivery: dict[int, dict[str, float]] = field(default_factory=dict)
+    # Publisher kind -> subscribers -> seconds until every one had joined (median of repeats).
+    join: dict[str, dict[int, float]] = field(default_factory=dict)
+    # Workers ("4 equal", "one 3x slower") -> way of dealing tasks -> makespan / ideal.
+    balance: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def progress(message: str) -> None:
@@ -150,9 +187,11 @@ class Processes:
         for stream in (process.stdin, process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
+        if process in self.started:
+            self.started.remove(process)
 
     def stop_all(self) -> None:
-        for process in self.started:
+        for process in list(self.started):
             self.stop(process)
 
 
@@ -160,20 +199,37 @@ def describe(process: subprocess.Popen[str]) -> str:
     return " ".join(str(arg) for arg in process.args)  # type: ignore[union-attr]
 
 
-def read_report(process: subprocess.Popen[str], timeout: float = 60.0) -> dict[str, Any]:
-    """The next JSON line a peer prints, or an error with what it said on stderr."""
+def read_line(process: subprocess.Popen[str], timeout: float = WAIT) -> str:
+    """The next line a process prints; if none comes within `timeout`, kill it and say so."""
     assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    line = ""
-    while not line and time.monotonic() < deadline and process.poll() is None:
+    # readline() has no timeout: a watchdog kill ends it with EOF instead.
+    watchdog = threading.Timer(timeout, process.kill)
+    watchdog.start()
+    try:
         line = process.stdout.readline()
+    finally:
+        watchdog.cancel()
     if not line:
-        line = process.stdout.readline()
-    if not line:
-        error = process.stderr.read() if process.stderr and process.poll() is not None else ""
-        raise RuntimeError(f"{describe(process)} reported nothing: {error}")
-    report: dict[str, Any] = json.loads(line)
+        process.wait(timeout=10)
+        error = process.stderr.read() if process.stderr else ""
+        raise RuntimeError(f"{describe(process)} said nothing within {timeout:g} s: {error}")
+    return line
+
+
+def read_report(process: subprocess.Popen[str], timeout: float = WAIT) -> dict[str, Any]:
+    """The next JSON line a peer prints."""
+    report: dict[str, Any] = json.loads(read_line(process, timeout))
     return report
+
+
+def start_together(peers: Sequence[subprocess.Popen[str]]) -> float:
+    """Write one common start on every peer's stdin (the barrier) and return it."""
+    start = time.monotonic() + START_LEAD
+    for peer in peers:
+        assert peer.stdin is not None
+        peer.stdin.write(f"{start}\n")
+        peer.stdin.flush()
+    return start
 
 
 def run_to_exit(process: subprocess.Popen[str], timeout: float = 120.0) -> str:
@@ -183,46 +239,120 @@ def run_to_exit(process: subprocess.Popen[str], timeout: float = 120.0) -> str:
     return stdout or ""
 
 
+def free_endpoint() -> str:
+    """A tcp:// endpoint on 127.0.0.1 whose port nothing is bound to at this moment."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"tcp://127.0.0.1:{port}"
+
+
+def wait_until_listening(endpoint: str, process: subprocess.Popen[str]) -> None:
+    """Return once a TCP socket listens on the endpoint's port; fail if `process` exits first."""
+    port = int(endpoint.rsplit(":", 1)[1])
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            error = process.stderr.read() if process.stderr else ""
+            raise RuntimeError(f"{describe(process)} exited {process.returncode}: {error}")
+        if is_listening(port):
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"{describe(process)} was not listening on {endpoint} within {WAIT:g} s")
+
+
+def is_listening(port: int) -> bool:
+    # The kernel's own table, so nothing connects to the server before the measurement.
+    listen_state = "0A"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        if int(local.rsplit(":", 1)[1], 16) == port and state == listen_state:
+            return True
+    return False
+
+
+def paired_note(ratios: Sequence[float]) -> str:
+    if len(ratios) < 2:
+        return f"{len(ratios)} pair of runs"
+    return f"{len(ratios)} pairs of runs: ratio {min(ratios):.2f} to {max(ratios):.2f}"
+
+
+@dataclass
+class CurveKeys:
+    """Key files as zmq.auth.create_certificates writes them, for a server and one client."""
+
+    folder: Path
+
+    def __post_init__(self) -> None:
+        self.folder.mkdir(mode=0o700)
+        zmq.auth.create_certificates(self.folder, "server")
+        zmq.auth.create_certificates(self.folder, "client")
+
+    def server_args(self) -> list[str]:
+        return ["--curve-secret", str(self.folder / "server.key_secret")]
+
+    def client_args(self) -> list[str]:
+        return [
+            "--curve-server", str(self.folder / "server.key"),
+            "--curve-secret", str(self.folder / "client.key_secret"),
+        ]  # fmt: skip
+
+
+def round_trips(
+    processes: Processes,
+    kind: str,
+    clients: int,
+    seconds: float,
+    keys: CurveKeys | None = None,
+) -> dict[str, float]:
+    """`clients` REQ clients against server_req_repl.py or the bare echo, in one common window."""
+    endpoint = free_endpoint()
+    server_args = keys.server_args() if keys else []
+    client_args = keys.client_args() if keys else []
+    if kind == "script":
+        server = processes.script("server_req_repl.py", "--bind", endpoint, *server_args)
+        wait_until_listening(endpoint, server)
+    else:
+        server = processes.peer("rep-echo", endpoint, *server_args)
+        read_report(server)
+    peers = [
+        processes.peer("req-client", endpoint, str(seconds), *client_args, stdin=subprocess.PIPE)
+        for _ in range(clients)
+    ]
+    # Every client has started and warmed up before any window opens.
+    for peer in peers:
+        read_report(peer)
+    start_together(peers)
+    reports = [read_report(peer, timeout=START_LEAD + seconds + WAIT) for peer in peers]
+    for process in (*peers, server):
+        processes.stop(process)
+    latencies = sorted(itertools.chain.from_iterable(r["latencies_us"] for r in reports))
+    return {
+        "rate": sum(report["round_trips"] for report in reports) / seconds,
+        "median_us": statistics.median(latencies),
+        "p99_us": latencies[int(len(latencies) * 0.99)],
+    }
+
+
 def bench_request_reply(
     settings: Settings, processes: Processes, folder: Path, results: Results
 ) -> None:
-    for clients in settings.client_counts:
+    for clients, (pairs, seconds) in settings.request_reply.items():
         measured: dict[str, list[dict[str, float]]] = {"script": [], "bare": []}
-        for repeat in range(settings.repeats):
+        for pair in range(pairs):
             for kind in ("script", "bare"):
                 progress(
-                    f"request-reply: {kind} server, {clients} clients, "
-                    f"run {repeat + 1}/{settings.repeats}"
+                    f"request-reply: {kind} server, {clients} clients for {seconds:g} s, "
+                    f"pair {pair + 1}/{pairs}"
                 )
-                endpoint = f"ipc://{folder}/reqrep-{kind}-{clients}-{repeat}"
-                if kind == "script":
-                    server = processes.script("server_req_repl.py", "--bind", endpoint)
-                else:
-                    server = processes.peer("rep-echo", endpoint)
-                    read_report(server)
-                runs = [
-                    processes.peer("req-client", endpoint, str(settings.round_trip_seconds))
-                    for _ in range(clients)
-                ]
-                reports = [read_report(client) for client in runs]
-                for client in runs:
-                    processes.stop(client)
-                processes.stop(server)
-                measured[kind].append(
-                    {
-                        "rate": sum(
-                            report["round_trips"] / report["seconds"] for report in reports
-                        ),
-                        "median_us": statistics.median(report["median_us"] for report in reports),
-                        "p99_us": max(report["p99_us"] for report in reports),
-                    }
-                )
+                measured[kind].append(round_trips(processes, kind, clients, seconds))
         label = "1 client" if clients == 1 else f"{clients} clients"
         for key, name, unit in (
             ("rate", "round trips/s", "/s"),
             ("median_us", "median latency", " µs"),
             ("p99_us", "p99 latency", " µs"),
         ):
+            ratios = [s[key] / b[key] for s, b in zip(measured["script"], measured["bare"])]
             results.rows.append(
                 Row(
                     f"request-reply, {label}: {name}",
@@ -230,17 +360,19 @@ def bench_request_reply(
                     statistics.median(run[key] for run in measured["bare"]),
                     "bare REP echo",
                     unit=unit,
+                    note=paired_note(ratios) + (f", {seconds:g} s each" if key == "rate" else ""),
+                    paired_ratios=ratios,
                 )
             )
 
 
-def publisher_argv(kind: str, endpoint: str, count: int) -> list[str]:
+def publisher_argv(kind: str, endpoint: str, count: int, server_args: Sequence[str]) -> list[str]:
     if kind == "script":
         return [
             sys.executable, str(ROOT / "server_broadcast.py"), "--bind", endpoint,
-            "--interval", "0", "--count", str(count),
+            "--interval", "0", "--count", str(count), *server_args,
         ]  # fmt: skip
-    return [sys.executable, str(PEERS), "pub-loop", endpoint, str(count)]
+    return [sys.executable, str(PEERS), "pub-loop", endpoint, str(count), *server_args]
 
 
 def time_publisher(processes: Processes, argv: Sequence[str]) -> float:
@@ -249,36 +381,203 @@ def time_publisher(processes: Processes, argv: Sequence[str]) -> float:
     return time.perf_counter() - started
 
 
+def publish_times(
+    processes: Processes, kind: str, count: int, keys: CurveKeys | None = None
+) -> tuple[float, float]:
+    """Seconds for a publisher to send 1 message and `count` messages to one subscriber."""
+    endpoint = free_endpoint()
+    client_args = keys.client_args() if keys else []
+    subscriber = processes.peer("sub-count", endpoint, "1", *client_args, stdin=subprocess.PIPE)
+    read_report(subscriber)
+    argv_one = publisher_argv(kind, endpoint, 1, keys.server_args() if keys else [])
+    argv_all = publisher_argv(kind, endpoint, count, keys.server_args() if keys else [])
+    # Time 1 message and N messages: the difference leaves out Python's start-up.
+    times = time_publisher(processes, argv_one), time_publisher(processes, argv_all)
+    processes.stop(subscriber)
+    return times
+
+
+def publish_rates(times: Sequence[tuple[float, float]], count: int) -> list[float]:
+    """Messages a second in each run, from (1-message, `count`-message) times."""
+    # One start-up for all runs, the median: a single start-up is as noisy as the difference.
+    startup = statistics.median(one for one, _ in times)
+    return [(count - 1) / (full - startup) for _, full in times]
+
+
 def bench_publish_rate(
     settings: Settings, processes: Processes, folder: Path, results: Results
 ) -> None:
     count = settings.publish_count
-    startups: dict[str, list[float]] = {"script": [], "bare": []}
-    fulls: dict[str, list[float]] = {"script": [], "bare": []}
-    for repeat in range(settings.repeats):
+    times: dict[str, list[tuple[float, float]]] = {"script": [], "bare": []}
+    for pair in range(settings.publish_pairs):
         for kind in ("script", "bare"):
             progress(
                 f"publish rate: {kind} publisher, {count} messages, "
-                f"run {repeat + 1}/{settings.repeats}"
+                f"pair {pair + 1}/{settings.publish_pairs}"
             )
-            endpoint = f"ipc://{folder}/pub-{kind}-{repeat}"
-            subscriber = processes.peer("sub-count", endpoint, "1", stdin=subprocess.PIPE)
-            read_report(subscriber)
-            # Time 1 message and N messages: the difference leaves out Python's start-up.
-            startups[kind].append(time_publisher(processes, publisher_argv(kind, endpoint, 1)))
-            fulls[kind].append(time_publisher(processes, publisher_argv(kind, endpoint, count)))
-            processes.stop(subscriber)
-    rates = {
-        kind: (count - 1) / (statistics.median(fulls[kind]) - statistics.median(startups[kind]))
-        for kind in fulls
-    }
+            times[kind].append(publish_times(processes, kind, count))
+    rates = {kind: publish_rates(times[kind], count) for kind in times}
+    ratios = [script / bare for script, bare in zip(rates["script"], rates["bare"])]
     results.rows.append(
         Row(
             "publish-subscribe: messages published/s, --interval 0",
-            rates["script"],
-            rates["bare"],
+            statistics.median(rates["script"]),
+            statistics.median(rates["bare"]),
             "bare PUB loop, same payload",
             unit="/s",
+            note=paired_note(ratios),
+            paired_ratios=ratios,
+        )
+    )
+
+
+def has_curve_flags() -> bool:
+    """True if every server script takes --curve-secret (CURVE, issue 9)."""
+    for name in ("server_req_repl.py", "server_broadcast.py"):
+        usage = subprocess.run(
+            [sys.executable, str(ROOT / name), "--help"],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            cwd=ROOT,
+        ).stdout
+        if "--curve-secret" not in usage:
+            return False
+    return zmq.has("curve")
+
+
+def bench_curve(settings: Settings, processes: Processes, folder: Path, results: Results) -> None:
+    if not has_curve_flags():
+        print("CURVE: skipped, the scripts take no --curve-secret yet.", file=sys.stderr)
+        results.skipped.append("curve")
+        return
+    keys = CurveKeys(folder / "keys")
+    pairs = settings.curve_pairs
+    pair_seconds = settings.request_reply[1][1]
+    rates: dict[str, list[float]] = {"plain": [], "curve": []}
+    for pair in range(pairs):
+        for kind in ("plain", "curve"):
+            progress(f"request-reply: script server, {kind}, 1 client, pair {pair + 1}/{pairs}")
+            run = round_trips(
+                processes, "script", 1, pair_seconds, keys if kind == "curve" else None
+            )
+            rates[kind].append(run["rate"])
+    ratios = [curve / plain for curve, plain in zip(rates["curve"], rates["plain"])]
+    results.rows.append(
+        Row(
+            "request-reply with CURVE, 1 client: round trips/s",
+            statistics.median(rates["curve"]),
+            statistics.median(rates["plain"]),
+            "the same, without CURVE",
+            unit="/s",
+            note=paired_note(ratios) + f", {pair_seconds:g} s each",
+            paired_ratios=ratios,
+        )
+    )
+    count = settings.publish_count
+    times: dict[str, list[tuple[float, float]]] = {"plain": [], "curve": []}
+    for pair in range(pairs):
+        for kind in ("plain", "curve"):
+            progress(f"publish rate: script publisher, {kind}, pair {pair + 1}/{pairs}")
+            times[kind].append(
+                publish_times(processes, "script", count, keys if kind == "curve" else None)
+            )
+    publish = {kind: publish_rates(times[kind], count) for kind in times}
+    ratios = [curve / plain for curve, plain in zip(publish["curve"], publish["plain"])]
+    results.rows.append(
+        Row(
+            "publish-subscribe with CURVE: messages published/s, --interval 0",
+            statistics.median(publish["curve"]),
+            statistics.median(publish["plain"]),
+            "the same, without CURVE",
+            unit="/s",
+            note=paired_note(ratios),
+            paired_ratios=ratios,
+        )
+    )
+
+
+JOIN_PUBLISHERS = {
+    "script": "server_broadcast.py",
+    "default": f"bare PUB, default backlog ({DEFAULT_BACKLOG})",
+    "1024": "bare PUB, backlog 1,024",
+}
+
+
+def join_time(processes: Processes, kind: str, subscribers: int) -> tuple[float, int]:
+    """Seconds from one common start until `subscribers` SUB sockets, in processes of 250,
+    have all joined a publisher listening on TCP; and how many joined."""
+    endpoint = free_endpoint()
+    # The subscribers' sockets are made first and connect only at the start: the time is that
+    # of connecting and the ZMTP handshake, not of starting Python.
+    peers = [
+        processes.peer("sub-join", endpoint, str(size), stdin=subprocess.PIPE)
+        for size in groups_of(subscribers)
+    ]
+    for peer in peers:
+        read_report(peer)
+    if kind == "script":
+        publisher = processes.script("server_broadcast.py", "--bind", endpoint, "--interval", "1")
+        wait_until_listening(endpoint, publisher)
+    else:
+        backlog = [] if kind == "default" else ["--backlog", kind]
+        publisher = processes.peer("pub-idle", endpoint, *backlog, stdin=subprocess.PIPE)
+        read_report(publisher)
+    start_together(peers)
+    reports = [read_report(peer, timeout=START_LEAD + 30 + WAIT) for peer in peers]
+    for process in (*peers, publisher):
+        processes.stop(process)
+    return max(report["seconds"] for report in reports), sum(r["joined"] for r in reports)
+
+
+def groups_of(subscribers: int) -> list[int]:
+    """Subscriber sockets per process: 250 each, as one process holds no more comfortably."""
+    return [
+        min(SUBSCRIBER_SOCKETS_PER_PROCESS, subscribers - start)
+        for start in range(0, subscribers, SUBSCRIBER_SOCKETS_PER_PROCESS)
+    ]
+
+
+def bench_join(settings: Settings, processes: Processes, folder: Path, results: Results) -> None:
+    measured: dict[str, dict[int, list[float]]] = {kind: {} for kind in JOIN_PUBLISHERS}
+    short: list[str] = []
+    for subscribers in settings.join_counts:
+        for repeat in range(settings.join_repeats):
+            for kind in JOIN_PUBLISHERS:
+                seconds, joined = join_time(processes, kind, subscribers)
+                progress(
+                    f"join: {subscribers} subscribers to {JOIN_PUBLISHERS[kind]}, "
+                    f"run {repeat + 1}/{settings.join_repeats}: {joined} in {seconds:.3f} s"
+                )
+                measured[kind].setdefault(subscribers, []).append(seconds)
+                if joined < subscribers:
+                    short.append(f"{joined} of {subscribers} joined {JOIN_PUBLISHERS[kind]}")
+    results.join = {
+        kind: {count: statistics.median(times) for count, times in by_count.items()}
+        for kind, by_count in measured.items()
+    }
+    median = results.join
+    for subscribers in settings.join_counts:
+        script, default = median["script"][subscribers], median["default"][subscribers]
+        results.rows.append(
+            Row(
+                f"join: {subscribers:,} subscribers, all connected to server_broadcast.py",
+                1000 * script,
+                1000 * default,
+                JOIN_PUBLISHERS["default"],
+                unit=" ms",
+                note=f"median of {settings.join_repeats}; {default / script:.1f} times faster",
+            )
+        )
+    most = max(settings.join_counts)
+    results.rows.append(
+        Row(
+            f"join: {most:,} subscribers, all connected to server_broadcast.py",
+            1000 * median["script"][most],
+            1000 * median["1024"][most],
+            JOIN_PUBLISHERS["1024"],
+            unit=" ms",
+            note="; ".join(short) or f"median of {settings.join_repeats}",
         )
     )
 
@@ -288,70 +587,69 @@ def second_of(payload: str) -> float:
 
 
 def bench_fan_out(settings: Settings, processes: Processes, folder: Path, results: Results) -> None:
-    interval = 0.01
-    for subscribers in settings.subscriber_counts:
-        progress(f"fan-out: {subscribers} subscribers at {1 / interval:g} messages/s")
-        endpoint = f"ipc://{folder}/fan-out-{subscribers}"
-        groups = [
-            min(SUBSCRIBER_SOCKETS_PER_PROCESS, subscribers - start)
-            for start in range(0, subscribers, SUBSCRIBER_SOCKETS_PER_PROCESS)
-        ]
-        peers = [
-            processes.peer("sub-count", endpoint, str(size), stdin=subprocess.PIPE)
-            for size in groups
-        ]
+    subscribers, interval = settings.fan_out_subscribers, settings.fan_out_interval
+    progress(f"fan-out: {subscribers} subscribers at {1 / interval:g} messages/s")
+    endpoint = free_endpoint()
+    peers = [
+        processes.peer("sub-count", endpoint, str(size), "--unbounded", stdin=subprocess.PIPE)
+        for size in groups_of(subscribers)
+    ]
+    for peer in peers:
+        read_report(peer)
+    with (folder / "publisher.txt").open("w+") as publisher_output:
+        publisher = processes.script(
+            "server_broadcast.py", "--bind", endpoint, "--interval", str(interval),
+            stdout=publisher_output,
+        )  # fmt: skip
+        started = time.monotonic()
         for peer in peers:
             read_report(peer)
-        with (folder / f"publisher-{subscribers}.txt").open("w+") as publisher_output:
-            publisher = processes.script(
-                "server_broadcast.py", "--bind", endpoint, "--interval", str(interval),
-                stdout=publisher_output,
-            )  # fmt: skip
-            started = time.monotonic()
-            for peer in peers:
-                read_report(peer, timeout=120)
-            joined_after = time.monotonic() - started
-            progress(f"fan-out: all {subscribers} subscribed after {joined_after:.1f} s; measuring")
-            time.sleep(settings.fan_out_seconds)
-            publisher.terminate()
-            publisher.wait(timeout=30)
-            publisher_output.seek(0)
-            published = Counter(
-                line.removeprefix("Sent ")
-                for line in publisher_output.read().splitlines()
-                if line.startswith("Sent ")
-            )
-        counts: list[dict[str, int]] = []
-        for peer in peers:
-            assert peer.stdin is not None
-            peer.stdin.close()
-            counts.extend(read_report(peer)["counts"])
-            processes.stop(peer)
-        # PUB keeps no history, so a subscriber misses what was sent before it joined: count
-        # from the first whole second after its first message.
-        lost, delivered = [], []
-        for received in counts:
-            joined = min(second_of(payload) for payload in received)
-            expected = {p: n for p, n in published.items() if second_of(p) > joined}
-            missing = sum(n - received.get(p, 0) for p, n in expected.items())
-            lost.append(missing)
-            delivered.append(1.0 - missing / max(1, sum(expected.values())))
-        measured = statistics.median(
-            sum(n for p, n in published.items() if second_of(p) > min(map(second_of, received)))
-            for received in counts
+        joined_after = time.monotonic() - started
+        progress(f"fan-out: every subscriber had a message {joined_after:.1f} s after the start")
+        time.sleep(settings.fan_out_seconds)
+        publisher.terminate()
+        publisher.wait(timeout=30)
+        processes.stop(publisher)
+        publisher_output.seek(0)
+        published = Counter(
+            line.removeprefix("Sent ")
+            for line in publisher_output.read().splitlines()
+            if line.startswith("Sent ")
         )
-        results.rows.append(
-            Row(
-                f"fan-out, {subscribers} subscribers: messages lost, worst subscriber",
-                max(lost),
-                note=f"of {measured:.0f} counted each at {1 / interval:g}/s; "
-                f"all subscribed in {joined_after:.1f} s",
-            )
+    counts: list[dict[str, int]] = []
+    for peer in peers:
+        assert peer.stdin is not None
+        peer.stdin.close()
+        counts.extend(read_report(peer)["counts"])
+        processes.stop(peer)
+    # PUB keeps no history, so a subscriber misses what was sent before it joined: count
+    # from the first whole second after its first message. The payload's time has one-second
+    # steps, so the publisher's "Sent" lines say how many went out in each second.
+    lost, expected = [], []
+    for received in counts:
+        joined = min(second_of(payload) for payload in received)
+        seconds = {p: n for p, n in published.items() if second_of(p) > joined}
+        # max(0, ...): the last second's last messages may be sent before "Sent" is printed.
+        lost.append(sum(max(0, n - received.get(p, 0)) for p, n in seconds.items()))
+        expected.append(sum(seconds.values()))
+    whole_seconds = sorted(published.items(), key=lambda item: second_of(item[0]))[1:-1]
+    rate = statistics.median(n for _, n in whole_seconds) if whole_seconds else math.nan
+    counted = f"of {statistics.median(expected):,.0f} counted each, sent at {rate:,.0f}/s"
+    results.rows.append(
+        Row(
+            f"fan-out, {subscribers:,} subscribers: messages lost, worst subscriber",
+            max(lost),
+            note=counted,
         )
-        results.delivery[subscribers] = {
-            "min": min(delivered),
-            "median": statistics.median(delivered),
-        }
+    )
+    results.rows.append(
+        Row(
+            f"fan-out, {subscribers:,} subscribers: messages lost, all subscribers",
+            sum(lost),
+            note=f"of {sum(expected):,} counted in all; every subscriber had a message "
+            f"{joined_after:.1f} s after the publisher started",
+        )
+    )
 
 
 def pipeline_run(
@@ -391,26 +689,62 @@ def pipeline_run(
             )
     summary = run_to_exit(ventilator)
     makespan = float(re.search(r"^Elapsed: (\d+\.\d+) s", summary, re.MULTILINE)[1])  # type: ignore[index]
-    work_ms: list[int] = []
-    counts: list[int] = []
+    workloads: list[list[int]] = []
     for process in worker_processes:
         # SIGTERM, not SIGKILL: the worker exits cleanly and flushes what it printed.
         process.terminate()
         output, _ = process.communicate(timeout=30)
-        workloads = [
-            int(match) for match in re.findall(r"^Task from \S+: (\d+) ms$", output, re.MULTILINE)
-        ]
-        work_ms.append(sum(workloads))
-        counts.append(len(workloads))
+        processes.stop(process)
+        workloads.append(
+            [int(match) for match in re.findall(r"^Task from \S+: (\d+) ms$", output, re.MULTILINE)]
+        )
     factors = slow or [1.0] * workers
+    work_ms = [sum(done) for done in workloads]
     total = sum(work_ms) / 1000
     return {
         "makespan": makespan,
         "ideal": total / sum(1 / factor for factor in factors),
         "round_robin": max(work * factor for work, factor in zip(work_ms, factors)) / 1000,
-        "counts": counts,
+        "counts": [len(done) for done in workloads],
         "total": total,
+        "workloads": workloads,
     }
+
+
+def dispatcher_run(
+    processes: Processes, folder: Path, workloads: Sequence[int], slow: Sequence[float], tag: str
+) -> dict[str, Any]:
+    """The same workloads through the load-balancing dispatcher and workers that ask."""
+    endpoint = f"ipc://{folder}/dispatcher-{tag}"
+    workloads_file = folder / f"workloads-{tag}.txt"
+    workloads_file.write_text("".join(f"{workload}\n" for workload in workloads))
+    dispatcher = processes.start(
+        [
+            sys.executable, str(DISPATCHER), endpoint, "--workers", str(len(slow)),
+            "--workloads", str(workloads_file),
+        ],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    workers = [
+        processes.peer("asking-worker", f"w{number}", endpoint, "--slow", str(factor))
+        for number, factor in enumerate(slow)
+    ]
+    report = read_report(dispatcher, timeout=120)
+    for process in (*workers, dispatcher):
+        processes.stop(process)
+    names = [f"w{number}" for number in range(len(slow))]
+    total = sum(report["work_ms_per_worker"].values()) / 1000
+    return {
+        "makespan": report["makespan"],
+        "ideal": total / sum(1 / factor for factor in slow),
+        "counts": [report["tasks_per_worker"].get(name, 0) for name in names],
+    }
+
+
+def in_sending_order(per_worker: Sequence[Sequence[int]]) -> list[int]:
+    """The workloads as round-robin dealt them: the first of each worker's, then the second..."""
+    dealt = itertools.zip_longest(*per_worker)
+    return [workload for turn in dealt for workload in turn if workload is not None]
 
 
 def bench_pipeline(
@@ -454,19 +788,47 @@ def bench_pipeline(
             "round_robin": statistics.median(run["total"] / run["round_robin"] for run in runs),
             "ideal": float(workers),
         }
-    slow = [1.0, 1.0, 1.0, 3.0]
-    progress(f"pipeline: {settings.tasks} tasks, 4 workers, one of them 3 times slower")
-    run = pipeline_run(processes, folder, settings.tasks, 4, slow, "slow")
-    results.rows.append(
-        Row(
-            "pipeline, 4 workers, one 3x slower: makespan vs ideal",
-            run["makespan"],
-            run["ideal"],
-            "total work / capacity",
-            unit=" s",
-            note="tasks per worker (slow one last): " + ", ".join(map(str, run["counts"])),
-        )
-    )
+    bench_balance(settings, processes, folder, results)
+
+
+BALANCE_CASES = {
+    "4 equal workers": [1.0, 1.0, 1.0, 1.0],
+    "4 workers, one 3x slower": [1.0] * 3 + [3.0],
+}
+DEALERS = {
+    "round-robin": "round-robin (server_pipeline.py)",
+    "load-balancing": "load-balancing (benchmarks/dispatcher.py)",
+}
+
+
+def bench_balance(settings: Settings, processes: Processes, folder: Path, results: Results) -> None:
+    """Round-robin against load-balancing, on the same workloads, equal workers and unequal."""
+    for number, (case, slow) in enumerate(BALANCE_CASES.items()):
+        runs: dict[str, list[dict[str, Any]]] = {dealer: [] for dealer in DEALERS}
+        for repeat in range(settings.balance_repeats):
+            tag = f"balance-{number}-{repeat}"
+            progress(f"pipeline, {case}: round-robin, run {repeat + 1}/{settings.balance_repeats}")
+            dealt = pipeline_run(processes, folder, settings.tasks, len(slow), slow, tag)
+            runs["round-robin"].append(dealt)
+            progress(f"pipeline, {case}: load-balancing, the same {settings.tasks} workloads")
+            workloads = in_sending_order(dealt["workloads"])
+            runs["load-balancing"].append(dispatcher_run(processes, folder, workloads, slow, tag))
+        results.balance[case] = {}
+        for dealer, name in DEALERS.items():
+            ratios = [run["makespan"] / run["ideal"] for run in runs[dealer]]
+            results.balance[case][dealer] = statistics.median(ratios)
+            counts = " / ".join(", ".join(map(str, run["counts"])) for run in runs[dealer])
+            results.rows.append(
+                Row(
+                    f"pipeline, {case}, {name}: makespan vs ideal",
+                    statistics.median(run["makespan"] for run in runs[dealer]),
+                    statistics.median(run["ideal"] for run in runs[dealer]),
+                    "total work / capacity",
+                    unit=" s",
+                    note=f"tasks per worker{' (slow one last)' if slow[-1] != 1 else ''}: {counts}",
+                    paired_ratios=ratios,
+                )
+            )
 
 
 def format_number(value: float | None, unit: str = "") -> str:
@@ -501,17 +863,31 @@ def print_table(results: Results) -> None:
     print("|" + "|".join(" --- " for _ in header) + "|")
     for line in lines:
         print("| " + " | ".join(line) + " |")
+    for name in results.skipped:
+        print(f"\n(skipped: {name})")
 
 
-def check_complete(results: Results, settings: Settings) -> list[str]:
+def expected_rows(settings: Settings) -> dict[str, int]:
+    """How many rows each part adds to the table."""
+    return {
+        "request-reply": 3 * len(settings.request_reply),
+        "publish": 1,
+        "curve": 2,
+        "join": len(settings.join_counts) + 1,
+        "fan-out": 2,
+        "pipeline": 2 * len(settings.worker_counts) + 2 * len(BALANCE_CASES),
+    }
+
+
+def check_complete(results: Results, settings: Settings, ran: Sequence[str]) -> list[str]:
     """What is missing from the table: a row per measure, and a finite number in each."""
-    expected = 3 * len(settings.client_counts) + 1 + len(settings.subscriber_counts)
-    expected += 2 * len(settings.worker_counts) + 1
+    expected_by_part = expected_rows(settings)
+    expected = sum(expected_by_part[name] for name in ran if name not in results.skipped)
     problems = []
     if len(results.rows) != expected:
         problems.append(f"expected {expected} rows, got {len(results.rows)}")
     for row in results.rows:
-        for value in (row.ours, row.baseline):
+        for value in (row.ours, row.baseline, row.ratio):
             if value is not None and not math.isfinite(value):
                 problems.append(f"{row.measure}: {value}")
     return problems
@@ -523,7 +899,7 @@ def plot(results: Results, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (speedup, delivery) = plt.subplots(1, 2, figsize=(11, 4.2))
+    figure, (speedup, join, balance) = plt.subplots(1, 3, figsize=(15, 4.4))
     workers = sorted(results.speedup)
     for key, label, style in (
         ("ideal", "ideal (total work / workers)", "k--"),
@@ -539,23 +915,34 @@ def plot(results: Results, path: Path) -> None:
     )
     speedup.set_xticks(workers, [str(w) for w in workers])
     speedup.legend()
-    subscribers = sorted(results.delivery)
-    for key, label, style in (
-        ("median", "median subscriber", "C0-o"),
-        ("min", "worst subscriber", "C3:s"),
-    ):
-        delivery.plot(
-            subscribers, [100 * results.delivery[s][key] for s in subscribers], style, label=label
-        )
-    delivery.set(
+
+    for kind, style in (("default", "C3:s"), ("1024", "C2--^"), ("script", "C0-o")):
+        times = results.join.get(kind, {})
+        counts = sorted(times)
+        join.plot(counts, [times[c] for c in counts], style, label=JOIN_PUBLISHERS[kind])
+    subscriber_counts = sorted(results.join.get("script", {}))
+    join.set(
         xscale="log",
-        xlabel="subscribers",
-        ylabel="messages delivered (%)",
-        ylim=(0, 105),
-        title="Publish-subscribe fan-out at 100 messages/s",
+        yscale="log",
+        xlabel="subscribers connecting at once (TCP)",
+        ylabel="seconds until all have joined",
+        title="Publish-subscribe: joining",
     )
-    delivery.set_xticks(subscribers, [str(s) for s in subscribers])
-    delivery.legend(loc="lower left")
+    join.set_xticks(subscriber_counts, [f"{c:,}" for c in subscriber_counts])
+    join.legend(loc="upper left")
+
+    cases = list(results.balance)
+    width = 0.38
+    for offset, (dealer, name) in zip((-width / 2, width / 2), DEALERS.items()):
+        values = [results.balance[case][dealer] for case in cases]
+        bars = balance.bar(
+            [index + offset for index in range(len(cases))], values, width, label=name
+        )
+        balance.bar_label(bars, fmt="%.2f")
+    balance.axhline(1.0, color="k", linestyle="--", linewidth=1, label="ideal")
+    balance.set_xticks(range(len(cases)), cases)
+    balance.set(ylabel="makespan / ideal", title="Pipeline: dealing tasks to 4 workers")
+    balance.legend(loc="upper left")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     progress(f"plot written to {path}")
@@ -570,9 +957,12 @@ def scratch_folder() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-BENCHMARKS = {
+Bench = Callable[[Settings, Processes, Path, Results], None]
+BENCHMARKS: dict[str, Bench] = {
     "request-reply": bench_request_reply,
     "publish": bench_publish_rate,
+    "curve": bench_curve,
+    "join": bench_join,
     "fan-out": bench_fan_out,
     "pipeline": bench_pipeline,
 }
@@ -595,14 +985,14 @@ def main() -> int:
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL
+    ran = [name for name in BENCHMARKS if not args.only or name in args.only]
     raise_open_file_limit()
     results = Results()
     processes = Processes()
     try:
         with scratch_folder() as folder:
-            for name, bench in BENCHMARKS.items():
-                if not args.only or name in args.only:
-                    bench(settings, processes, folder, results)
+            for name in ran:
+                BENCHMARKS[name](settings, processes, folder, results)
     finally:
         processes.stop_all()
     print_table(results)
@@ -610,16 +1000,18 @@ def main() -> int:
         args.json.write_text(
             json.dumps(
                 {
-                    "rows": [vars(row) for row in results.rows],
+                    "rows": [{**vars(row), "ratio": row.ratio} for row in results.rows],
+                    "skipped": results.skipped,
                     "speedup": results.speedup,
-                    "delivery": results.delivery,
+                    "join": results.join,
+                    "balance": results.balance,
                 },
                 indent=2,
             )
         )
     if args.plot:
         plot(results, args.plot)
-    problems = [] if args.only else check_complete(results, settings)
+    problems = check_complete(results, settings, ran)
     for problem in problems:
         print(f"incomplete: {problem}", file=sys.stderr)
     return 1 if problems else 0
