@@ -110,6 +110,33 @@ def pub_loop(endpoint: str, count: int, curve_secret: str | None) -> None:
     context.term()
 
 
+def pub_timed(endpoint: str, interval: float) -> None:
+    """The baseline for server_broadcast.py --interval: the same messages on the same schedule,
+    without printing, until EOF on stdin; then how many it sent with each payload."""
+    context = zmq.Context()
+    publisher = context.socket(zmq.PUB)
+    publisher.bind(endpoint)
+    report(ready=True)
+    poller = zmq.Poller()
+    poller.register(sys.stdin.fileno(), zmq.POLLIN)
+    sent: Counter[str] = Counter()
+    scheduled = time.monotonic()
+    while True:
+        # As the script does: to a schedule, starting afresh when it has fallen behind.
+        scheduled += interval
+        if scheduled < time.monotonic():
+            scheduled = time.monotonic() + interval
+        if poller.poll(max(0, int(1000 * (scheduled - time.monotonic())))):
+            break
+        time.sleep(max(0.0, scheduled - time.monotonic()))
+        message = "TIME" + time.asctime()
+        publisher.send_string(message)
+        sent[message] += 1
+    report(sent=sent)
+    publisher.close(linger=1000)
+    context.term()
+
+
 def pub_idle(endpoint: str, backlog: int | None) -> None:
     """The baseline for joining server_broadcast.py: a PUB that binds, then waits for EOF."""
     context = zmq.Context()
@@ -159,12 +186,18 @@ def sub_join(endpoint: str, sockets: int, timeout: float) -> None:
 def sub_count(
     endpoint: str,
     sockets: int,
-    unbounded: bool,
+    hold: bool,
     curve_server: str | None,
     curve_secret: str | None,
 ) -> None:
     """`sockets` SUB sockets on one endpoint. Reports when every one has had a message, then
-    counts each one's messages by payload until EOF on stdin, which ends the measurement."""
+    counts each one's messages by payload until EOF on stdin, which ends the measurement.
+
+    With `hold`, it reads nothing from then until EOF: libzmq's I/O thread takes in and keeps
+    every message (RCVHWM 0), and Python counts them only at the end. A loss is then the
+    publisher's, not 250 subscribers in one Python process falling behind, and the counting
+    does not compete with the publisher for the CPU.
+    """
     context = zmq.Context()
     context.set(zmq.MAX_SOCKETS, sockets + 16)
     poller = zmq.Poller()
@@ -174,9 +207,7 @@ def sub_count(
         subscriber.setsockopt(zmq.LINGER, 0)
         # Retry every 10 ms, not 100: a publisher started after us is heard from sooner.
         subscriber.setsockopt(zmq.RECONNECT_IVL, 10)
-        if unbounded:
-            # libzmq's I/O thread then reads all that comes while Python counts: a loss is the
-            # publisher's, not 250 subscribers in one Python process falling behind.
+        if hold:
             subscriber.setsockopt(zmq.RCVHWM, 0)
         become_curve_client(subscriber, curve_server, curve_secret)
         subscriber.connect(endpoint)
@@ -198,6 +229,9 @@ def sub_count(
                 silent.discard(socket)
                 if not silent:
                     report(joined=True)
+                    if hold:
+                        sys.stdin.read()
+                        done = True
     # Take what is still on its way: until nothing has come for a quarter of a second.
     poller.unregister(sys.stdin.fileno())
     while arrived := poller.poll(250):
@@ -271,6 +305,9 @@ def main() -> None:
     publisher.add_argument("endpoint")
     publisher.add_argument("count", type=int)
     curve_server_option(publisher)
+    timed = roles.add_parser("pub-timed")
+    timed.add_argument("endpoint")
+    timed.add_argument("interval", type=float)
     idle = roles.add_parser("pub-idle")
     idle.add_argument("endpoint")
     idle.add_argument("--backlog", type=int)
@@ -281,7 +318,7 @@ def main() -> None:
     subscriber = roles.add_parser("sub-count")
     subscriber.add_argument("endpoint")
     subscriber.add_argument("sockets", type=int)
-    subscriber.add_argument("--unbounded", action="store_true", help="RCVHWM 0")
+    subscriber.add_argument("--hold", action="store_true", help="count only at the end")
     curve_client_options(subscriber)
     bench_worker = roles.add_parser("worker")
     bench_worker.add_argument("name")
@@ -300,14 +337,14 @@ def main() -> None:
             req_client(args.endpoint, args.seconds, args.curve_server, args.curve_secret)
         elif args.role == "pub-loop":
             pub_loop(args.endpoint, args.count, args.curve_secret)
+        elif args.role == "pub-timed":
+            pub_timed(args.endpoint, args.interval)
         elif args.role == "pub-idle":
             pub_idle(args.endpoint, args.backlog)
         elif args.role == "sub-join":
             sub_join(args.endpoint, args.sockets, args.timeout)
         elif args.role == "sub-count":
-            sub_count(
-                args.endpoint, args.sockets, args.unbounded, args.curve_server, args.curve_secret
-            )
+            sub_count(args.endpoint, args.sockets, args.hold, args.curve_server, args.curve_secret)
         elif args.role == "worker":
             worker(args.name, args.tasks_endpoint, args.results_endpoint, args.slow)
         else:

@@ -582,72 +582,106 @@ def bench_join(settings: Settings, processes: Processes, folder: Path, results: 
     )
 
 
-def second_of(payload: str) -> float:
-    return time.mktime(time.strptime(payload[len("TIME") :]))
+FAN_OUT_PUBLISHERS = {"script": "server_broadcast.py", "bare": "bare PUB, same schedule"}
 
 
-def bench_fan_out(settings: Settings, processes: Processes, folder: Path, results: Results) -> None:
+def fan_out_run(
+    settings: Settings, processes: Processes, folder: Path, kind: str
+) -> dict[str, Any]:
+    """Subscribers, in processes of 250, counting what a publisher sends on a schedule."""
     subscribers, interval = settings.fan_out_subscribers, settings.fan_out_interval
-    progress(f"fan-out: {subscribers} subscribers at {1 / interval:g} messages/s")
     endpoint = free_endpoint()
-    peers = [
-        processes.peer("sub-count", endpoint, str(size), "--unbounded", stdin=subprocess.PIPE)
-        for size in groups_of(subscribers)
-    ]
-    for peer in peers:
-        read_report(peer)
-    with (folder / "publisher.txt").open("w+") as publisher_output:
-        publisher = processes.script(
-            "server_broadcast.py", "--bind", endpoint, "--interval", str(interval),
-            stdout=publisher_output,
-        )  # fmt: skip
+    with (folder / f"publisher-{kind}.txt").open("w+") as publisher_output:
+        # The publisher first: 1,000 subscribers retrying a closed port would load the CPU.
+        if kind == "script":
+            publisher = processes.script(
+                "server_broadcast.py", "--bind", endpoint, "--interval", str(interval),
+                stdout=publisher_output,
+            )  # fmt: skip
+            wait_until_listening(endpoint, publisher)
+        else:
+            publisher = processes.peer("pub-timed", endpoint, str(interval), stdin=subprocess.PIPE)
+            read_report(publisher)
         started = time.monotonic()
-        for peer in peers:
+        peers = [
+            processes.peer("sub-count", endpoint, str(size), "--hold", stdin=subprocess.PIPE)
+            for size in groups_of(subscribers)
+        ]
+        # Each says it is ready, then that every one of its sockets has had a message.
+        for peer in (*peers, *peers):
             read_report(peer)
         joined_after = time.monotonic() - started
-        progress(f"fan-out: every subscriber had a message {joined_after:.1f} s after the start")
         time.sleep(settings.fan_out_seconds)
-        publisher.terminate()
-        publisher.wait(timeout=30)
+        if kind == "script":
+            publisher.terminate()
+            publisher.wait(timeout=WAIT)
+            publisher_output.seek(0)
+            published = Counter(
+                line.removeprefix("Sent ")
+                for line in publisher_output.read().splitlines()
+                if line.startswith("Sent ")
+            )
+        else:
+            assert publisher.stdin is not None
+            publisher.stdin.close()
+            published = Counter(read_report(publisher)["sent"])
         processes.stop(publisher)
-        publisher_output.seek(0)
-        published = Counter(
-            line.removeprefix("Sent ")
-            for line in publisher_output.read().splitlines()
-            if line.startswith("Sent ")
-        )
     counts: list[dict[str, int]] = []
     for peer in peers:
         assert peer.stdin is not None
         peer.stdin.close()
         counts.extend(read_report(peer)["counts"])
         processes.stop(peer)
-    # PUB keeps no history, so a subscriber misses what was sent before it joined: count
-    # from the first whole second after its first message. The payload's time has one-second
-    # steps, so the publisher's "Sent" lines say how many went out in each second.
+    # PUB keeps no history, so a subscriber misses what was sent before it joined. The payload's
+    # time has one-second steps, and the publisher says how many it sent in each: count the
+    # whole seconds after the subscriber's first message and before the publisher stopped.
+    last = max(second_of(payload) for payload in published)
     lost, expected = [], []
     for received in counts:
         joined = min(second_of(payload) for payload in received)
-        seconds = {p: n for p, n in published.items() if second_of(p) > joined}
-        # max(0, ...): the last second's last messages may be sent before "Sent" is printed.
+        seconds = {p: n for p, n in published.items() if joined < second_of(p) < last}
         lost.append(sum(max(0, n - received.get(p, 0)) for p, n in seconds.items()))
         expected.append(sum(seconds.values()))
     whole_seconds = sorted(published.items(), key=lambda item: second_of(item[0]))[1:-1]
-    rate = statistics.median(n for _, n in whole_seconds) if whole_seconds else math.nan
-    counted = f"of {statistics.median(expected):,.0f} counted each, sent at {rate:,.0f}/s"
+    return {
+        "lost": lost,
+        "expected": expected,
+        "rate": statistics.median(n for _, n in whole_seconds) if whole_seconds else math.nan,
+        "joined_after": joined_after,
+    }
+
+
+def second_of(payload: str) -> float:
+    return time.mktime(time.strptime(payload[len("TIME") :]))
+
+
+def bench_fan_out(settings: Settings, processes: Processes, folder: Path, results: Results) -> None:
+    subscribers = settings.fan_out_subscribers
+    runs = {}
+    for kind, name in FAN_OUT_PUBLISHERS.items():
+        progress(
+            f"fan-out: {subscribers} subscribers, {name} at {1 / settings.fan_out_interval:g}/s"
+        )
+        runs[kind] = fan_out_run(settings, processes, folder, kind)
+    script, bare = runs["script"], runs["bare"]
     results.rows.append(
         Row(
             f"fan-out, {subscribers:,} subscribers: messages lost, worst subscriber",
-            max(lost),
-            note=counted,
+            max(script["lost"]),
+            max(bare["lost"]),
+            FAN_OUT_PUBLISHERS["bare"],
+            note=f"of {statistics.median(script['expected']):,.0f} counted each; "
+            f"sent at {script['rate']:,.0f}/s (bare: {bare['rate']:,.0f}/s)",
         )
     )
     results.rows.append(
         Row(
             f"fan-out, {subscribers:,} subscribers: messages lost, all subscribers",
-            sum(lost),
-            note=f"of {sum(expected):,} counted in all; every subscriber had a message "
-            f"{joined_after:.1f} s after the publisher started",
+            sum(script["lost"]),
+            sum(bare["lost"]),
+            FAN_OUT_PUBLISHERS["bare"],
+            note=f"of {sum(script['expected']):,} counted in all; every subscriber had a "
+            f"message {script['joined_after']:.1f} s after they started",
         )
     )
 
