@@ -93,7 +93,11 @@ def req_client(
         if now >= start and after <= end:
             latencies.append(after - now)
         now = after
-    report(round_trips=len(latencies), seconds=seconds, latencies_us=[t * 1e6 for t in latencies])
+    report(
+        round_trips=len(latencies),
+        seconds=seconds,
+        latencies_us=[round(t * 1e6, 2) for t in latencies],
+    )
     requester.close(linger=0)
     context.term()
 
