@@ -115,7 +115,8 @@ class Row:
     baseline_name: str = ""
     note: str = ""
     unit: str = ""
-    # The ratio of each script/bare pair of runs, when the runs were paired.
+    # The ratio in each pair of runs (script and bare), or in each run: the ratio column then
+    # shows their median, not the ratio of the two medians.
     paired_ratios: list[float] = field(default_factory=list)
 
     @property
