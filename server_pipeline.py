@@ -408,11 +408,15 @@ class Refusals:
         self.monitor = monitor
         self.curve = curve
         self.last_line = ""
-        self.printed_at = -math.inf
+        self.printed_at = self.looked_at = -math.inf
         self.repeats = 0
 
     def report(self) -> None:
-        """Print the refusals that the monitor has told of since the last call."""
+        """Print the refusals that the monitor has told of since the last look."""
+        # Ten looks a second at most: the request-reply server calls this for every request.
+        if time.monotonic() - self.looked_at < 0.1:
+            return
+        self.looked_at = time.monotonic()
         while self.monitor is not None and self.monitor.poll(0):
             event = recv_monitor_message(self.monitor)
             self.refused(event["event"], event["value"])
