@@ -46,14 +46,12 @@ HANDSHAKE_FAILED = (
 def main() -> int:
     args = parse_arguments()
     print_lines_as_they_come()
+    stop_on_first_signal()
     try:
-        curve_keys = client_keys(args)
+        return print_messages(args, client_keys(args))
     except KeyFileError as error:
         print(error, file=sys.stderr)
         return 1
-    stop_on_first_signal()
-    try:
-        return print_messages(args, curve_keys)
     except Refused as refusal:
         print(refusal, file=sys.stderr)
         return 1
@@ -150,6 +148,7 @@ class Connection:
         | HANDSHAKE_FAILED
     )
     GIVEN_UP_AFTER_SECONDS = 0.5
+    HINT_AFTER_SECONDS = 2.0
 
     def __init__(
         self,
@@ -166,6 +165,7 @@ class Connection:
         self.curve = curve
         self.connected = self.ever_connected = False
         self.handshakes_failed = 0
+        self.failing_since: float | None = None
         self.lost_at: float | None = None
 
     def update(self) -> None:
@@ -192,13 +192,19 @@ class Connection:
             self.lost_at = None
 
     def handshake_failed(self) -> None:
+        """Count a handshake cut off with no reason given; after a while, say what may be wrong."""
         self.handshakes_failed += 1
-        if self.curve and self.handshakes_failed == 1:
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+        # Not at once: a server without CURVE may hang up before it can say so.
+        elif self.curve and time.monotonic() - self.failing_since >= self.HINT_AFTER_SECONDS:
             print(
-                f"{self.endpoint} cut off the CURVE handshake: is --curve-server the server's "
-                "public key file? Trying again.",
+                f"{self.endpoint} has cut off every CURVE handshake for "
+                f"{self.HINT_AFTER_SECONDS:g} s: is --curve-server the server's public key "
+                "file, and does the server use CURVE? Trying again.",
                 file=sys.stderr,
             )
+            self.failing_since = math.inf
 
 
 class Refused(Exception):
@@ -285,6 +291,8 @@ def read_key_file(path: str) -> tuple[bytes, bytes | None]:
         raise KeyFileError(f"Cannot read {path}: {error.strerror}.") from None
     except ValueError:
         raise KeyFileError(f"Cannot use {path}: it holds no public key.") from None
+    except IndexError:
+        raise KeyFileError(f"Cannot use {path}: a key line in it has no '='.") from None
     if not is_z85_key(public_key) or not (secret_key is None or is_z85_key(secret_key)):
         raise KeyFileError(f"Cannot use {path}: a key in it is not 40 characters of Z85.")
     if secret_key is not None and zmq.curve_public(secret_key) != public_key:

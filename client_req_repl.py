@@ -45,14 +45,12 @@ HANDSHAKE_FAILED = (
 def main() -> int:
     args = parse_arguments()
     print_lines_as_they_come()
+    stop_on_first_signal()
     try:
-        curve_keys = client_keys(args)
+        return request_and_print_replies(args, client_keys(args))
     except KeyFileError as error:
         print(error, file=sys.stderr)
         return 1
-    stop_on_first_signal()
-    try:
-        return request_and_print_replies(args, curve_keys)
     except Refused as refusal:
         print(refusal, file=sys.stderr)
         return 1
@@ -307,6 +305,8 @@ def read_key_file(path: str) -> tuple[bytes, bytes | None]:
         raise KeyFileError(f"Cannot read {path}: {error.strerror}.") from None
     except ValueError:
         raise KeyFileError(f"Cannot use {path}: it holds no public key.") from None
+    except IndexError:
+        raise KeyFileError(f"Cannot use {path}: a key line in it has no '='.") from None
     if not is_z85_key(public_key) or not (secret_key is None or is_z85_key(secret_key)):
         raise KeyFileError(f"Cannot use {path}: a key in it is not 40 characters of Z85.")
     if secret_key is not None and zmq.curve_public(secret_key) != public_key:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import io
 import itertools
 import math
@@ -47,14 +46,12 @@ MAX_KEY_FILE_BYTES = 64 * 1024
 def main() -> int:
     args = parse_arguments()
     print_lines_as_they_come()
+    stop_on_first_signal()
     try:
-        curve_secret_key = server_secret_key(args)
+        return publish(args, server_secret_key(args))
     except KeyFileError as error:
         print(error, file=sys.stderr)
         return 1
-    stop_on_first_signal()
-    try:
-        return publish(args, curve_secret_key)
     except KeyboardInterrupt:
         return interrupted("Interrupted: shutting down.")
     except BrokenPipeError:
@@ -68,6 +65,7 @@ def publish(args: argparse.Namespace, curve_secret_key: bytes | None) -> int:
         only_clients_in(context, args.curve_clients),
         context.socket(zmq.PUB) as publisher,
         publisher.get_monitor_socket(Refusals.EVENTS) as monitor,
+        Refusals(monitor, curve=curve_secret_key is not None) as refusals,
     ):
         set_publisher_limits(publisher)
         become_curve_server(publisher, curve_secret_key)
@@ -78,7 +76,6 @@ def publish(args: argparse.Namespace, curve_secret_key: bytes | None) -> int:
             return 1
         print(f"Publishing on {args.bind} every {args.interval:g} s (Ctrl-C to stop).")
         print_who_may_connect(args)
-        refusals = Refusals(monitor, curve=curve_secret_key is not None)
 
         flat_out = args.interval == 0
         numbers = itertools.count(1) if args.count is None else range(1, args.count + 1)
@@ -125,24 +122,43 @@ def sleep_until_next(scheduled: float, interval: float, refusals: Refusals) -> f
 
 
 def server_secret_key(args: argparse.Namespace) -> bytes | None:
-    """This server's CURVE secret key, after checking --curve-clients; None without CURVE."""
+    """This server's CURVE secret key, or None without CURVE."""
     if args.curve_secret is None:
         return None
     _, secret_key = read_key_pair(args.curve_secret)
-    if args.curve_clients is not None:
-        check_client_keys(args.curve_clients)
     return secret_key
 
 
-def check_client_keys(folder: str) -> None:
-    """Check each client public key file (NAME.key) in `folder`, and that there is one."""
+def read_client_keys(folder: str) -> set[bytes]:
+    """The public keys in the client key files (NAME.key) of `folder`, each checked."""
     if not os.path.isdir(folder):
         raise KeyFileError(f"Cannot use {folder}: not a folder.")
-    paths = sorted(glob.glob(os.path.join(folder, "*.key")))
-    if not paths:
+    try:
+        names = sorted(name for name in os.listdir(folder) if name.endswith(".key"))
+    except OSError as error:
+        raise KeyFileError(f"Cannot read {folder}: {error.strerror}.") from None
+    if not names:
         raise KeyFileError(f"Cannot use {folder}: it holds no NAME.key file, so no client could.")
-    for path in paths:
-        read_key_file(path)
+    keys = set()
+    for name in names:
+        path = os.path.join(folder, name)
+        public_key, secret_key = read_key_file(path)
+        if secret_key is not None:
+            print(
+                f"Warning: {path} holds a client's secret key: NAME.key is enough.", file=sys.stderr
+            )
+        keys.add(public_key)
+    return keys
+
+
+class AllowedKeys:
+    """What pyzmq's authenticator asks about each client: is its key one of ours?"""
+
+    def __init__(self, keys: set[bytes]) -> None:
+        self.keys = keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.keys
 
 
 def print_who_may_connect(args: argparse.Namespace) -> None:
@@ -170,10 +186,11 @@ def only_clients_in(
     if folder is None:
         yield
         return
+    allowed = AllowedKeys(read_client_keys(folder))
     # pyzmq's authenticator answers libzmq's ZAP requests from a thread, status 400 to refuse.
     authenticator = ThreadAuthenticator(context)
     authenticator.start()
-    authenticator.configure_curve(domain=domain, location=folder)
+    authenticator.configure_curve_callback(domain, credentials_provider=allowed)
     try:
         yield
     finally:
@@ -194,6 +211,12 @@ class Refusals:
         self.printed_at = self.looked_at = -math.inf
         self.repeats = 0
 
+    def __enter__(self) -> Refusals:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.print_pending()
+
     def report(self) -> None:
         """Print the refusals that the monitor has told of since the last look."""
         # Ten looks a second at most: the request-reply server calls this for every request.
@@ -209,13 +232,21 @@ class Refusals:
     def refused(self, kind: int, error: int) -> None:
         """One line for a refused connection, or a count if the same line has just gone out."""
         line = f"Refused a connection: {why_refused(kind, error, self.curve)}"
-        if line == self.last_line and time.monotonic() - self.printed_at < self.REPEAT_SECONDS:
+        recent = time.monotonic() - self.printed_at < self.REPEAT_SECONDS
+        if line == self.last_line and (recent or self.repeats):
             self.repeats += 1
             return
         if self.repeats:
             self.print_repeats()
         print(line, file=sys.stderr)
         self.last_line, self.printed_at = line, time.monotonic()
+
+    def print_pending(self) -> None:
+        """At exit: nothing is lost silently, not even refusals not yet looked at or counted."""
+        self.looked_at = -math.inf
+        self.report()
+        if self.repeats:
+            self.print_repeats()
 
     def print_repeats(self) -> None:
         count = plural(self.repeats, "more connection")
@@ -269,6 +300,8 @@ def read_key_file(path: str) -> tuple[bytes, bytes | None]:
         raise KeyFileError(f"Cannot read {path}: {error.strerror}.") from None
     except ValueError:
         raise KeyFileError(f"Cannot use {path}: it holds no public key.") from None
+    except IndexError:
+        raise KeyFileError(f"Cannot use {path}: a key line in it has no '='.") from None
     if not is_z85_key(public_key) or not (secret_key is None or is_z85_key(secret_key)):
         raise KeyFileError(f"Cannot use {path}: a key in it is not 40 characters of Z85.")
     if secret_key is not None and zmq.curve_public(secret_key) != public_key:
