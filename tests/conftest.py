@@ -246,11 +246,22 @@ class Pipeline:
 
     def worker(self, *args: str, env: dict[str, str] | None = None) -> Process:
         """client_pipeline.py, once it is waiting for tasks."""
-        process = self.launch.script(
-            "client_pipeline.py", *args, "--connect", self.tasks, "--results", self.results, env=env
-        )
+        process = self._start_worker(*args, env=env)
         process.expect(r"^Waiting for tasks")
         return process
+
+    def workers(self, *names: str) -> list[Process]:
+        """One client_pipeline.py per name, started at once as from several terminals, once
+        each is waiting for tasks."""
+        processes = [self._start_worker(name) for name in names]
+        for process in processes:
+            process.expect(r"^Waiting for tasks")
+        return processes
+
+    def _start_worker(self, *args: str, env: dict[str, str] | None = None) -> Process:
+        return self.launch.script(
+            "client_pipeline.py", *args, "--connect", self.tasks, "--results", self.results, env=env
+        )
 
     def play_ventilator_and_sink(
         self, context: zmq.Context[zmq.Socket[bytes]]

@@ -314,7 +314,7 @@ def test_the_ventilator_drops_a_peer_that_sends_to_its_task_socket(
     # The hostile peer may count as the one worker before it is dropped: retries then send the
     # tasks it took to the real worker.
     ventilator = pipeline.ventilator(
-        "--workers", "1", "--tasks", "3", "--timeout", "1", "--retries", "3"
+        "--workers", "1", "--tasks", "3", "--timeout", "0.5", "--retries", "6"
     )
     idle_memory = ventilator.peak_memory_bytes()
 
@@ -339,16 +339,17 @@ def test_a_worker_dropped_by_a_wrong_sink_connects_again_to_the_right_one(
 ) -> None:
     pipeline = Pipeline(launch, endpoints.ipc("tasks"), endpoints.tcp())
     # A request-reply server started on the results port by mistake: libzmq refuses a PUSH
-    # peer there and does not try again.
-    wrong = launch.reply_server(pipeline.results)
+    # peer there and does not try again. The worker starts beside it and connects once it is up.
+    wrong = launch.script("server_req_repl.py", "--bind", pipeline.results)
     worker = pipeline.worker("w")
     worker.expect(r"^Dropped tcp://\S+ for breaking the protocol", stream="stderr")
     wrong.signal(signal.SIGTERM)
     wrong.wait()
 
     # A result queued as the last wrong connection is dropped goes with it: --retries covers it.
+    # A round set off too soon only sends a task twice; there are rounds to spare for that.
     ventilator = pipeline.ventilator(
-        "--workers", "1", "--tasks", "3", "--timeout", "1", "--retries", "2"
+        "--workers", "1", "--tasks", "3", "--timeout", "0.3", "--retries", "5"
     )
 
     assert ventilator.wait() == 0, ventilator.describe() + worker.describe()
