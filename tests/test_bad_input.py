@@ -346,10 +346,10 @@ def test_a_worker_dropped_by_a_wrong_sink_connects_again_to_the_right_one(
     wrong.signal(signal.SIGTERM)
     wrong.wait()
 
-    # A result queued as the last wrong connection is dropped goes with it: --retries covers it.
-    # A round set off too soon only sends a task twice; there are rounds to spare for that.
+    # A result queued as the last wrong connection is dropped goes with it: --retries covers it,
+    # soon with a short timeout. A round set off too soon only sends a task twice: many rounds.
     ventilator = pipeline.ventilator(
-        "--workers", "1", "--tasks", "3", "--timeout", "0.3", "--retries", "5"
+        "--workers", "1", "--tasks", "3", "--timeout", "0.2", "--retries", "10"
     )
 
     assert ventilator.wait() == 0, ventilator.describe() + worker.describe()

@@ -45,7 +45,7 @@ def test_shares_differ_by_at_most_one_when_tasks_do_not_divide(pipeline: Pipelin
 
 
 def test_ventilator_sends_nothing_until_all_workers_are_connected(pipeline: Pipeline) -> None:
-    ventilator = pipeline.ventilator("--workers", "2", "--tasks", "20")
+    ventilator = pipeline.ventilator("--workers", "2", "--tasks", "10")
     pipeline.worker("early")
     ventilator.expect(r"^Workers connected: 1 of 2$")
 
@@ -53,8 +53,8 @@ def test_ventilator_sends_nothing_until_all_workers_are_connected(pipeline: Pipe
 
     ventilator.expect(r"^Workers connected: 2 of 2$")
     assert ventilator.wait() == 0, ventilator.describe()
-    # The post's ventilator sends as soon as one worker is there, and that worker gets all 20.
-    assert tasks_per_worker(ventilator) == {"early": 10, "late": 10}
+    # The post's ventilator sends as soon as one worker is there, and that worker gets all 10.
+    assert tasks_per_worker(ventilator) == {"early": 5, "late": 5}
 
 
 def test_a_tcp_connection_without_a_zeromq_handshake_is_not_a_worker(
@@ -150,7 +150,7 @@ def test_an_idle_http_client_on_the_task_port_gets_no_task(
 ) -> None:
     pipeline = Pipeline(launch, endpoints.tcp(), endpoints.ipc("results"))
     port = int(pipeline.tasks.rsplit(":", 1)[1])
-    ventilator = pipeline.ventilator("--workers", "2", "--tasks", "30")
+    ventilator = pipeline.ventilator("--workers", "2", "--tasks", "20")
     # libzmq takes a peer whose first byte is not 0xFF for ZMTP 1.0, which has no handshake
     # event and no socket type: PUSH would deal it a share of the tasks, lost for good.
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as browser:
@@ -158,7 +158,7 @@ def test_an_idle_http_client_on_the_task_port_gets_no_task(
         pipeline.workers("first", "second")
 
         assert ventilator.wait() == 0, ventilator.describe()
-        assert tasks_per_worker(ventilator) == {"first": 15, "second": 15}
+        assert tasks_per_worker(ventilator) == {"first": 10, "second": 10}
         # libzmq sends its greeting before it knows who is there, then closes the connection.
         with contextlib.suppress(ConnectionResetError):
             while browser.recv(100):
@@ -252,10 +252,10 @@ def test_a_result_for_no_task_that_is_waiting_is_refused(
 def test_workers_already_running_all_get_tasks_even_with_workers_1(pipeline: Pipeline) -> None:
     workers = pipeline.workers("alpha", "beta", "gamma")
 
-    ventilator = pipeline.ventilator("--workers", "1", "--tasks", "30")
+    ventilator = pipeline.ventilator("--workers", "1", "--tasks", "15")
 
     assert ventilator.wait() == 0, ventilator.describe()
-    assert tasks_per_worker(ventilator) == {"alpha": 10, "beta": 10, "gamma": 10}
+    assert tasks_per_worker(ventilator) == {"alpha": 5, "beta": 5, "gamma": 5}
     assert all(worker.popen.poll() is None for worker in workers)
 
 
