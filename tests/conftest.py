@@ -204,27 +204,40 @@ class Endpoints:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.reserved: list[socket.socket] = []
 
     def ipc(self, name: str) -> str:
         return f"ipc://{self.folder / name}"
 
     def tcp_port(self) -> int:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
-            return port
+        """A free port, held for this test: closed at once, it could become a parallel test's
+        port, or the local end of any outgoing connection, before the script binds it. Held
+        with SO_REUSEADDR and never listening, it still lets libzmq (which sets SO_REUSEADDR)
+        bind it, and a connection to it is refused until then."""
+        probe = socket.socket()
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", 0))
+        self.reserved.append(probe)
+        port: int = probe.getsockname()[1]
+        return port
 
     def tcp(self) -> str:
         return f"tcp://127.0.0.1:{self.tcp_port()}"
+
+    def release(self) -> None:
+        for probe in self.reserved:
+            probe.close()
 
 
 @pytest.fixture
 def endpoints() -> Iterator[Endpoints]:
     # ipc paths must stay short (about 100 bytes), so not under pytest's long tmp_path.
     folder = Path(tempfile.mkdtemp(prefix="zmq-"))
+    endpoints = Endpoints(folder)
     try:
-        yield Endpoints(folder)
+        yield endpoints
     finally:
+        endpoints.release()
         shutil.rmtree(folder, ignore_errors=True)
 
 

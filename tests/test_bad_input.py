@@ -359,17 +359,21 @@ def test_a_worker_dropped_by_a_wrong_sink_connects_again_to_the_right_one(
 def test_a_subscriber_given_a_message_of_many_frames_prints_its_start_only(
     launch: Launcher, endpoints: Endpoints, context: Context
 ) -> None:
-    publisher = context.socket(zmq.PUB)
+    # An XPUB is a PUB that also hands over each subscription: the test sends once it has come,
+    # and only as often as it means to. Sent again and again, the messages would pile up in the
+    # subscriber, or the second would end it before its memory was read.
+    publisher = context.socket(zmq.XPUB)
     publisher.bind(endpoints.ipc("pubsub"))
     subscriber = launch.script(
         "client_broadcast.py", "--connect", endpoints.ipc("pubsub"), "--count", "2"
     )
     subscriber.expect("^Waiting for 2 messages")
     idle_memory, idle_cpu = subscriber.peak_memory_bytes(), subscriber.cpu_seconds()
+    assert receive(publisher) == [b"\x01TIME"]
 
     # 16 MiB in a thousand frames, each under the cap: decoded and escaped whole, 150 MiB.
     frames = [b"TIME"] + [b"\xff" * 16_000] * 1000
-    publish_until(publisher, lambda: len(subscriber.lines["stdout"]) >= 2, frames)
+    publisher.send_multipart(frames)
     subscriber.expect(r"^TIME \\xff")
     assert subscriber.peak_memory_bytes() - idle_memory < 50 * 2**20
     assert subscriber.cpu_seconds() - idle_cpu < 1.0
