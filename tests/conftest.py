@@ -43,6 +43,9 @@ class Process:
         self._read_up_to = {"stdout": 0, "stderr": 0}
         self._changed = threading.Condition()
         environment = {**os.environ, **(env or {})}
+        # Python's default, which some machines turn off: cache what is compiled, or each of the
+        # suite's some 250 processes compiles pyzmq's Python modules anew.
+        environment.pop("PYTHONDONTWRITEBYTECODE", None)
         # Unbuffered unless a test checks what the scripts do about buffering themselves.
         environment.pop("PYTHONUNBUFFERED", None)
         if unbuffered:
