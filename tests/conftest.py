@@ -43,6 +43,9 @@ class Process:
         self._read_up_to = {"stdout": 0, "stderr": 0}
         self._changed = threading.Condition()
         environment = {**os.environ, **(env or {})}
+        # Python's default, which some machines turn off: cache what is compiled, or each of the
+        # suite's some 250 processes compiles pyzmq's Python modules anew.
+        environment.pop("PYTHONDONTWRITEBYTECODE", None)
         # Unbuffered unless a test checks what the scripts do about buffering themselves.
         environment.pop("PYTHONUNBUFFERED", None)
         if unbuffered:
@@ -204,27 +207,40 @@ class Endpoints:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.reserved: list[socket.socket] = []
 
     def ipc(self, name: str) -> str:
         return f"ipc://{self.folder / name}"
 
     def tcp_port(self) -> int:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
-            return port
+        """A free port, held for this test: closed at once, it could become a parallel test's
+        port, or the local end of any outgoing connection, before the script binds it. Held
+        with SO_REUSEADDR and never listening, it still lets libzmq (which sets SO_REUSEADDR)
+        bind it, and a connection to it is refused until then."""
+        probe = socket.socket()
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", 0))
+        self.reserved.append(probe)
+        port: int = probe.getsockname()[1]
+        return port
 
     def tcp(self) -> str:
         return f"tcp://127.0.0.1:{self.tcp_port()}"
+
+    def release(self) -> None:
+        for probe in self.reserved:
+            probe.close()
 
 
 @pytest.fixture
 def endpoints() -> Iterator[Endpoints]:
     # ipc paths must stay short (about 100 bytes), so not under pytest's long tmp_path.
     folder = Path(tempfile.mkdtemp(prefix="zmq-"))
+    endpoints = Endpoints(folder)
     try:
-        yield Endpoints(folder)
+        yield endpoints
     finally:
+        endpoints.release()
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -246,11 +262,22 @@ class Pipeline:
 
     def worker(self, *args: str, env: dict[str, str] | None = None) -> Process:
         """client_pipeline.py, once it is waiting for tasks."""
-        process = self.launch.script(
-            "client_pipeline.py", *args, "--connect", self.tasks, "--results", self.results, env=env
-        )
+        process = self._start_worker(*args, env=env)
         process.expect(r"^Waiting for tasks")
         return process
+
+    def workers(self, *names: str) -> list[Process]:
+        """One client_pipeline.py per name, started at once as from several terminals, once
+        each is waiting for tasks."""
+        processes = [self._start_worker(name) for name in names]
+        for process in processes:
+            process.expect(r"^Waiting for tasks")
+        return processes
+
+    def _start_worker(self, *args: str, env: dict[str, str] | None = None) -> Process:
+        return self.launch.script(
+            "client_pipeline.py", *args, "--connect", self.tasks, "--results", self.results, env=env
+        )
 
     def play_ventilator_and_sink(
         self, context: zmq.Context[zmq.Socket[bytes]]

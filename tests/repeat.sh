@@ -5,16 +5,20 @@
 #   bash tests/repeat.sh 5            5 runs
 #   bash tests/repeat.sh --parallel   each run is two copies of the suite at the same time
 #   bash tests/repeat.sh --load       a busy loop on every core for the whole time
+#   bash tests/repeat.sh --slow       the tests marked slow too (about 20 s more a run)
 # Options combine: bash tests/repeat.sh 20 --parallel --load
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Only the interpreters already on the machine: uv must never download one.
+export UV_PYTHON_DOWNLOADS=never
 
-runs=20 parallel=false load=false
+runs=20 parallel=false load=false markers="not slow"
 for arg in "$@"; do
     case "$arg" in
         --parallel) parallel=true ;;
         --load) load=true ;;
-        *[!0-9]* | "") echo "usage: bash tests/repeat.sh [RUNS] [--parallel] [--load]" >&2; exit 2 ;;
+        --slow) markers="" ;;
+        *[!0-9]* | "") echo "usage: bash tests/repeat.sh [RUNS] [--parallel] [--load] [--slow]" >&2; exit 2 ;;
         *) runs=$arg ;;
     esac
 done
@@ -30,7 +34,7 @@ if $load; then
     echo "CPU load: ${#busy_pids[@]} busy loops"
 fi
 
-uv sync --quiet
+uv sync --quiet --compile-bytecode
 log_folder=$(mktemp -d)
 echo "full output of each run: $log_folder"
 for run in $(seq "$runs"); do
@@ -38,7 +42,7 @@ for run in $(seq "$runs"); do
     $parallel && copies=2
     pids=()
     for copy in $(seq "$copies"); do
-        uv run pytest -q -p no:cacheprovider >"$log_folder/run-$run-copy-$copy.txt" 2>&1 &
+        uv run pytest -q -p no:cacheprovider -m "$markers" >"$log_folder/run-$run-copy-$copy.txt" 2>&1 &
         pids+=($!)
     done
     status=0

@@ -314,7 +314,7 @@ def test_the_ventilator_drops_a_peer_that_sends_to_its_task_socket(
     # The hostile peer may count as the one worker before it is dropped: retries then send the
     # tasks it took to the real worker.
     ventilator = pipeline.ventilator(
-        "--workers", "1", "--tasks", "3", "--timeout", "1", "--retries", "3"
+        "--workers", "1", "--tasks", "3", "--timeout", "0.5", "--retries", "6"
     )
     idle_memory = ventilator.peak_memory_bytes()
 
@@ -339,16 +339,17 @@ def test_a_worker_dropped_by_a_wrong_sink_connects_again_to_the_right_one(
 ) -> None:
     pipeline = Pipeline(launch, endpoints.ipc("tasks"), endpoints.tcp())
     # A request-reply server started on the results port by mistake: libzmq refuses a PUSH
-    # peer there and does not try again.
-    wrong = launch.reply_server(pipeline.results)
+    # peer there and does not try again. The worker starts beside it and connects once it is up.
+    wrong = launch.script("server_req_repl.py", "--bind", pipeline.results)
     worker = pipeline.worker("w")
     worker.expect(r"^Dropped tcp://\S+ for breaking the protocol", stream="stderr")
     wrong.signal(signal.SIGTERM)
     wrong.wait()
 
-    # A result queued as the last wrong connection is dropped goes with it: --retries covers it.
+    # A result queued as the last wrong connection is dropped goes with it: --retries covers it,
+    # soon with a short timeout. A round set off too soon only sends a task twice: many rounds.
     ventilator = pipeline.ventilator(
-        "--workers", "1", "--tasks", "3", "--timeout", "1", "--retries", "2"
+        "--workers", "1", "--tasks", "3", "--timeout", "0.2", "--retries", "10"
     )
 
     assert ventilator.wait() == 0, ventilator.describe() + worker.describe()
@@ -358,17 +359,21 @@ def test_a_worker_dropped_by_a_wrong_sink_connects_again_to_the_right_one(
 def test_a_subscriber_given_a_message_of_many_frames_prints_its_start_only(
     launch: Launcher, endpoints: Endpoints, context: Context
 ) -> None:
-    publisher = context.socket(zmq.PUB)
+    # An XPUB is a PUB that also hands over each subscription: the test sends once it has come,
+    # and only as often as it means to. Sent again and again, the messages would pile up in the
+    # subscriber, or the second would end it before its memory was read.
+    publisher = context.socket(zmq.XPUB)
     publisher.bind(endpoints.ipc("pubsub"))
     subscriber = launch.script(
         "client_broadcast.py", "--connect", endpoints.ipc("pubsub"), "--count", "2"
     )
     subscriber.expect("^Waiting for 2 messages")
     idle_memory, idle_cpu = subscriber.peak_memory_bytes(), subscriber.cpu_seconds()
+    assert receive(publisher) == [b"\x01TIME"]
 
     # 16 MiB in a thousand frames, each under the cap: decoded and escaped whole, 150 MiB.
     frames = [b"TIME"] + [b"\xff" * 16_000] * 1000
-    publish_until(publisher, lambda: len(subscriber.lines["stdout"]) >= 2, frames)
+    publisher.send_multipart(frames)
     subscriber.expect(r"^TIME \\xff")
     assert subscriber.peak_memory_bytes() - idle_memory < 50 * 2**20
     assert subscriber.cpu_seconds() - idle_cpu < 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import shutil
 import subprocess
@@ -65,19 +66,19 @@ def test_scripts_import_only_the_standard_library_and_zmq(script: str) -> None:
 
 
 @pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not installed")
-def test_a_script_copied_alone_runs_with_uv_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("script", sorted(PARTNERS))
+def test_a_script_copied_alone_runs_with_uv_run(tmp_path: Path, script: str) -> None:
     # The inline metadata (PEP 723) brings pyzmq with it, outside this project.
-    for script in PARTNERS:
-        shutil.copy(ROOT / script, tmp_path / script)
-        result = subprocess.run(
-            ["uv", "run", "--quiet", script, "--help"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=WAIT * 3,
-        )
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.startswith("usage: "), result.stdout
+    shutil.copy(ROOT / script, tmp_path / script)
+    result = subprocess.run(
+        ["uv", "run", "--quiet", script, "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 3,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: "), result.stdout
 
 
 @pytest.mark.parametrize(
@@ -134,6 +135,7 @@ SHARED_CONSTANTS = {
 }
 
 
+@functools.cache
 def top_level_definitions(path: Path) -> dict[str, str]:
     """The source of each top-level function, class and constant in a script, by name."""
     source = path.read_text()
