@@ -424,7 +424,11 @@ def only_clients_in(
 class Refusals:
     """The connections that libzmq refused during their handshake, as a socket monitor tells."""
 
-    EVENTS = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    EVENTS = (
+        zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    )
     # A refused client tries again about ten times a second: a line a second tells as much.
     REPEAT_SECONDS = 1.0
 
@@ -455,7 +459,7 @@ class Refusals:
 
     def refused(self, kind: int, error: int) -> None:
         """One line for a refused connection, or a count if the same line has just gone out."""
-        line = f"Refused a connection: {why_refused(kind, error, self.curve)}"
+        line = why_refused(kind, error, self.curve)
         recent = time.monotonic() - self.printed_at < self.REPEAT_SECONDS
         if line == self.last_line and (recent or self.repeats):
             self.repeats += 1
@@ -479,15 +483,26 @@ class Refusals:
 
 
 def why_refused(kind: int, error: int, curve: bool) -> str:
+    """One line on a connection whose handshake failed, from its monitor event."""
+    if kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        # The peer hung up first: a client that found our security not to match its own does.
+        ended = f"A connection ended during its handshake ({os.strerror(error)})"
+        if curve:
+            return f"{ended}: if it was a client, does it use CURVE, with this server's key?"
+        return f"{ended}: if it was a client, does it use CURVE? This server does not."
+    refused = "Refused a connection:"
     if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return f"the client's key is not in --curve-clients (ZAP status {error})."
+        return f"{refused} the client's key is not in --curve-clients (ZAP status {error})."
     if error == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH and curve:
-        return "the client does not use CURVE (it needs --curve-server)."
+        return f"{refused} the client does not use CURVE (it needs --curve-server)."
     if error == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
-        return "the client uses CURVE and this server does not (start it with --curve-secret)."
+        return (
+            f"{refused} the client uses CURVE and this server does not "
+            "(start it with --curve-secret)."
+        )
     if error == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
-        return "its CURVE handshake did not decrypt (the client has a wrong server key)."
-    return f"it broke the ZMTP handshake (libzmq protocol error {error:#x})."
+        return f"{refused} its CURVE handshake did not decrypt (the client has a wrong server key)."
+    return f"{refused} it broke the ZMTP handshake (libzmq protocol error {error:#x})."
 
 
 class KeyFileError(Exception):
