@@ -357,6 +357,8 @@ def test_a_curve_worker_and_a_plaintext_ventilator_say_they_disagree(
     ventilator.expect(SERVER_SAW_CURVE, "stderr")
 
 
+# Slow by design: it waits out the script's fixed hint or repeat time.
+@pytest.mark.slow
 def test_a_worker_with_a_wrong_server_key_is_never_counted_and_says_why(
     tcp_pipeline: Pipeline, keys: Keys
 ) -> None:
@@ -563,8 +565,19 @@ SCRIPTS_AND_SECRET_FLAGS = [
 ]
 
 
-@pytest.mark.parametrize("kind", list(BAD_KEY_LINES))
-@pytest.mark.parametrize("script,extra", SCRIPTS_AND_SECRET_FLAGS)
+# Every kind on one server and one client; every script with one kind: the key-reading helpers
+# are the same in all six, which tests/test_cli.py checks.
+BAD_KEY_CASES = [
+    *(
+        (script, extra, kind)
+        for script, extra in [SCRIPTS_AND_SECRET_FLAGS[0], SCRIPTS_AND_SECRET_FLAGS[5]]
+        for kind in BAD_KEY_LINES
+    ),
+    *((script, extra, "not a pair") for script, extra in SCRIPTS_AND_SECRET_FLAGS[1:5]),
+]
+
+
+@pytest.mark.parametrize("script,extra,kind", BAD_KEY_CASES)
 def test_a_bad_secret_key_file_is_named_in_one_line_before_any_socket_opens(
     launch: Launcher,
     endpoints: Endpoints,
@@ -635,9 +648,15 @@ def test_a_client_given_the_servers_secret_file_warns_that_it_should_stay_on_the
 
 
 @pytest.mark.parametrize(
-    "script", ["server_req_repl.py", "server_broadcast.py", "server_pipeline.py"]
+    "script,case",
+    [
+        ("server_req_repl.py", "not a folder"),
+        ("server_req_repl.py", "no key file"),
+        ("server_req_repl.py", "a broken key file"),
+        ("server_broadcast.py", "a broken key file"),
+        ("server_pipeline.py", "a broken key file"),
+    ],
 )
-@pytest.mark.parametrize("case", ["not a folder", "no key file", "a broken key file"])
 def test_an_allow_list_that_is_not_a_folder_of_key_files_is_refused(
     launch: Launcher, tmp_path: Path, keys: Keys, script: str, case: str
 ) -> None:
@@ -734,6 +753,8 @@ def test_keys_made_by_the_readmes_command_work(tmp_path: Path) -> None:
     ]  # fmt: skip
 
 
+# Slow by design: it waits out the script's fixed hint or repeat time.
+@pytest.mark.slow
 def test_a_client_refused_again_and_again_fills_one_line_a_second_and_every_refusal_is_counted(
     launch: Launcher, endpoints: Endpoints, keys: Keys, context: zmq.Context[zmq.Socket[bytes]]
 ) -> None:
