@@ -200,14 +200,23 @@ class Connection:
         self.handshakes_failed += 1
         if self.failing_since is None:
             self.failing_since = time.monotonic()
-        # Not at once: a server without CURVE may hang up before it can say so.
-        elif self.curve and time.monotonic() - self.failing_since >= self.HINT_AFTER_SECONDS:
-            print(
-                f"{self.endpoint} has cut off every CURVE handshake for "
-                f"{self.HINT_AFTER_SECONDS:g} s: is --curve-server the server's public key "
-                "file, and does the server use CURVE? Trying again.",
-                file=sys.stderr,
+        # Not at once: a server whose security differs may hang up before it can say so.
+        elif time.monotonic() - self.failing_since >= self.HINT_AFTER_SECONDS:
+            cut_off = (
+                f"{self.endpoint} has cut off every handshake for {self.HINT_AFTER_SECONDS:g} s"
             )
+            if self.curve:
+                print(
+                    f"{cut_off}: is --curve-server the server's public key file, and does the "
+                    "server use CURVE? Trying again.",
+                    file=sys.stderr,
+                )
+            else:
+                print(
+                    f"{cut_off}: if it uses CURVE, pass --curve-server with its public key file. "
+                    "Trying again.",
+                    file=sys.stderr,
+                )
             self.failing_since = math.inf
 
 

@@ -174,7 +174,7 @@ class Server:
         if not self.ever_connected and self.curve and self.handshakes_failed:
             return (
                 f"{waited}: the server cut off every CURVE handshake. Is --curve-server its "
-                "public key file?"
+                "public key file, and does the server use CURVE?"
             )
         if not self.ever_connected and self.handshakes_failed:
             return (

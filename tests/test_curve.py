@@ -24,6 +24,17 @@ from conftest import WAIT, Endpoints, Launcher, Pipeline, Process, tasks_per_wor
 REFUSED_KEY = r"^The server at \S+ refused this client's key \(ZAP status 400\)"
 CLIENT_HAS_NO_CURVE = r"disagree on security: the server uses CURVE; pass --curve-server"
 SERVER_HAS_NO_CURVE = r"disagree on security: this client uses CURVE and the server does not\.$"
+# When the server hangs up first each time (likelier the busier the machine), the client never
+# learns why: its timeout line, or the worker's hint, then names the mismatch as a possibility.
+CLIENT_HAS_NO_CURVE_OR_CUT_OFF = (
+    rf"{CLIENT_HAS_NO_CURVE}|cut off every handshake( for 2 s)?[.:] [Ii]f it uses CURVE, pass "
+    r"--curve-server"
+)
+SERVER_HAS_NO_CURVE_OR_CUT_OFF = (
+    rf"{SERVER_HAS_NO_CURVE}|cut off every (CURVE )?handshake.*does (it|the server) use CURVE\?"
+)
+# Short enough to end the test when the mismatch stays hidden, long enough that it rarely does.
+MISMATCH_TIMEOUT = "5"
 # Each side learns of a mismatch when it reads the other's greeting; the side that reads first
 # hangs up, and the other then sees only a connection that ended: either line is the truth.
 SERVER_SAW_NO_CURVE = (
@@ -160,10 +171,12 @@ def test_a_plaintext_client_and_a_curve_server_say_they_disagree(
     endpoint = endpoints.tcp()
     server = reply_server(launch, endpoint, *server_with_keys(keys))
 
-    client = launch.script("client_req_repl.py", "--connect", endpoint, "--timeout", NEVER)
+    client = launch.script(
+        "client_req_repl.py", "--connect", endpoint, "--timeout", MISMATCH_TIMEOUT
+    )
 
     assert client.wait() == 1, client.describe()
-    client.expect(CLIENT_HAS_NO_CURVE, "stderr")
+    client.expect(CLIENT_HAS_NO_CURVE_OR_CUT_OFF, "stderr")
     server.expect(SERVER_SAW_NO_CURVE, "stderr")
 
 
@@ -174,11 +187,16 @@ def test_a_curve_client_and_a_plaintext_server_say_they_disagree(
     server = reply_server(launch, endpoint)
 
     client = launch.script(
-        "client_req_repl.py", "--connect", endpoint, "--timeout", NEVER, *client_with_keys(keys)
+        "client_req_repl.py",
+        "--connect",
+        endpoint,
+        "--timeout",
+        MISMATCH_TIMEOUT,
+        *client_with_keys(keys),
     )
 
     assert client.wait() == 1, client.describe()
-    client.expect(SERVER_HAS_NO_CURVE, "stderr")
+    client.expect(SERVER_HAS_NO_CURVE_OR_CUT_OFF, "stderr")
     server.expect(SERVER_SAW_CURVE, "stderr")
 
 
@@ -197,7 +215,7 @@ def test_a_client_with_a_wrong_server_key_gets_no_reply_and_says_so_at_its_timeo
     assert client.wait() == 1, client.describe()
     client.expect(
         r"^No reply from \S+ within 1 s: the server cut off every CURVE handshake\. "
-        r"Is --curve-server its public key file\?$",
+        r"Is --curve-server its public key file, and does the server use CURVE\?$",
         "stderr",
     )
     assert "Received" not in client.stdout
@@ -253,10 +271,12 @@ def test_a_plaintext_subscriber_and_a_curve_publisher_say_they_disagree(
     endpoint = endpoints.tcp()
     server = publisher(launch, endpoint, *server_with_keys(keys))
 
-    subscriber = launch.script("client_broadcast.py", "--connect", endpoint, "--timeout", NEVER)
+    subscriber = launch.script(
+        "client_broadcast.py", "--connect", endpoint, "--timeout", MISMATCH_TIMEOUT
+    )
 
     assert subscriber.wait() == 1, subscriber.describe()
-    subscriber.expect(CLIENT_HAS_NO_CURVE, "stderr")
+    subscriber.expect(CLIENT_HAS_NO_CURVE_OR_CUT_OFF, "stderr")
     server.expect(SERVER_SAW_NO_CURVE, "stderr")
 
 
@@ -267,11 +287,16 @@ def test_a_curve_subscriber_and_a_plaintext_publisher_say_they_disagree(
     server = publisher(launch, endpoint)
 
     subscriber = launch.script(
-        "client_broadcast.py", "--connect", endpoint, "--timeout", NEVER, *client_with_keys(keys)
+        "client_broadcast.py",
+        "--connect",
+        endpoint,
+        "--timeout",
+        MISMATCH_TIMEOUT,
+        *client_with_keys(keys),
     )
 
     assert subscriber.wait() == 1, subscriber.describe()
-    subscriber.expect(SERVER_HAS_NO_CURVE, "stderr")
+    subscriber.expect(SERVER_HAS_NO_CURVE_OR_CUT_OFF, "stderr")
     server.expect(SERVER_SAW_CURVE, "stderr")
 
 
@@ -339,8 +364,9 @@ def test_a_plaintext_worker_and_a_curve_ventilator_say_they_disagree(
 
     worker = tcp_pipeline.worker("plain")
 
-    assert worker.wait() == 1, worker.describe()
-    worker.expect(CLIENT_HAS_NO_CURVE, "stderr")
+    told = worker.expect(CLIENT_HAS_NO_CURVE_OR_CUT_OFF, "stderr")
+    if "disagree" in told[0]:
+        assert worker.wait() == 1, worker.describe()
     ventilator.expect(SERVER_SAW_NO_CURVE, "stderr")
     assert "Workers connected" not in ventilator.stdout
 
@@ -352,8 +378,9 @@ def test_a_curve_worker_and_a_plaintext_ventilator_say_they_disagree(
 
     worker = tcp_pipeline.worker("secret", *client_with_keys(keys))
 
-    assert worker.wait() == 1, worker.describe()
-    worker.expect(SERVER_HAS_NO_CURVE, "stderr")
+    told = worker.expect(SERVER_HAS_NO_CURVE_OR_CUT_OFF, "stderr")
+    if "disagree" in told[0]:
+        assert worker.wait() == 1, worker.describe()
     ventilator.expect(SERVER_SAW_CURVE, "stderr")
 
 
@@ -369,7 +396,7 @@ def test_a_worker_with_a_wrong_server_key_is_never_counted_and_says_why(
     )
 
     misled.expect(
-        r"has cut off every CURVE handshake for 2 s: is --curve-server the server's public key "
+        r"has cut off every handshake for 2 s: is --curve-server the server's public key "
         r"file, and does the server use CURVE\? Trying again\.$",
         "stderr",
     )
