@@ -433,7 +433,12 @@ class Recorder:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            server = socket.create_connection(("127.0.0.1", self.server_port))
+            try:
+                server = socket.create_connection(("127.0.0.1", self.server_port))
+            except OSError:
+                # The server has gone (the test is ending): the client gets a closed connection.
+                client.close()
+                continue
             self.connections += [client, server]
             for source, sink in ((client, server), (server, client)):
                 threading.Thread(target=self._relay, args=(source, sink), daemon=True).start()
