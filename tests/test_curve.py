@@ -785,6 +785,32 @@ def test_keys_made_by_the_readmes_command_work(tmp_path: Path) -> None:
     ]  # fmt: skip
 
 
+REFUSAL_LINE = r"^Refused (a|\d+ more) connections?"
+
+
+def be_refused(
+    context: zmq.Context[zmq.Socket[bytes]], keys: Keys, endpoint: str, times: int
+) -> None:
+    """Be refused `times` times by the server at `endpoint`, as a bare client with a wrong server
+    key: libzmq connects again after each refusal, about ten times a second."""
+    client = context.socket(zmq.REQ)
+    client.curve_serverkey, _ = zmq.auth.load_certificate(keys.public("impostor"))
+    client.curve_publickey, client.curve_secretkey = zmq.curve_keypair()
+    monitor = client.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+    client.connect(endpoint)
+    for _ in range(times):
+        wait_for_event(monitor, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+    client.close(linger=0)
+
+
+def refusals_in(line: str) -> int:
+    """How many refused connections a line of the server's stderr reports."""
+    match = re.match(REFUSAL_LINE, line)
+    if match is None:
+        return 0
+    return 1 if match[1] == "a" else int(match[1].split()[0])
+
+
 # Slow by design: it waits out the script's fixed hint or repeat time.
 @pytest.mark.slow
 def test_a_client_refused_again_and_again_fills_one_line_a_second_and_every_refusal_is_counted(
@@ -792,22 +818,12 @@ def test_a_client_refused_again_and_again_fills_one_line_a_second_and_every_refu
 ) -> None:
     endpoint = endpoints.tcp()
     server = reply_server(launch, endpoint, *server_with_keys(keys))
-    # A bare client with a wrong server key: libzmq connects again after each refusal, about ten
-    # times a second, and the server refuses each one.
-    client = context.socket(zmq.REQ)
-    client.curve_serverkey, _ = zmq.auth.load_certificate(keys.public("impostor"))
-    client.curve_publickey, client.curve_secretkey = zmq.curve_keypair()
-    monitor = client.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-    client.connect(endpoint)
     refused = 12
-    for _ in range(refused):
-        wait_for_event(monitor, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-    client.close(linger=0)
+    be_refused(context, keys, endpoint, refused)
 
     counted = 0
     while counted < refused:
-        line = server.expect(r"^Refused (a|\d+ more) connections?", "stderr")
-        counted += 1 if line[1] == "a" else int(line[1].split()[0])
+        counted += refusals_in(server.expect(REFUSAL_LINE, "stderr")[0])
     # One more may have been on its way when the client closed.
     assert counted <= refused + 1, server.describe()
     assert len(server.lines["stderr"]) <= refused / 2, server.describe()
@@ -885,22 +901,12 @@ def test_refusals_not_yet_printed_are_counted_at_exit(
 ) -> None:
     endpoint = endpoints.tcp()
     server = reply_server(launch, endpoint, *server_with_keys(keys))
-    client = context.socket(zmq.REQ)
-    client.curve_serverkey, _ = zmq.auth.load_certificate(keys.public("impostor"))
-    client.curve_publickey, client.curve_secretkey = zmq.curve_keypair()
-    monitor = client.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-    client.connect(endpoint)
     refused = 6
-    for _ in range(refused):
-        wait_for_event(monitor, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-    client.close(linger=0)
+    be_refused(context, keys, endpoint, refused)
 
     server.signal(signal.SIGINT)
 
     assert server.wait() == 130, server.describe()
-    counted = 0
-    for line in server.lines["stderr"]:
-        if match := re.match(r"^Refused (a|\d+ more) connections?", line):
-            counted += 1 if match[1] == "a" else int(match[1].split()[0])
+    counted = sum(refusals_in(line) for line in server.lines["stderr"])
     # One more may have been on its way when the client closed.
     assert refused <= counted <= refused + 1, server.describe()
