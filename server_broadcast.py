@@ -25,15 +25,13 @@ import itertools
 import math
 import os
 import signal
+import struct
 import sys
 import time
 from collections.abc import Iterator
 
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
-from zmq.utils.monitor import recv_monitor_message
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 # Subscribers send only their subscriptions, which are short.
@@ -186,6 +184,9 @@ def only_clients_in(
     if folder is None:
         yield
         return
+    # Imported only when needed: it brings in asyncio, ~35 ms more on every start-up.
+    from zmq.auth.thread import ThreadAuthenticator
+
     allowed = AllowedKeys(read_client_keys(folder))
     # pyzmq's authenticator answers libzmq's ZAP requests from a thread, status 400 to refuse.
     authenticator = ThreadAuthenticator(context)
@@ -228,8 +229,8 @@ class Refusals:
             return
         self.looked_at = time.monotonic()
         while self.monitor is not None and self.monitor.poll(0):
-            event = recv_monitor_message(self.monitor)
-            self.refused(event["event"], event["value"])
+            event, value = recv_event(self.monitor)
+            self.refused(event, value)
         if self.repeats and time.monotonic() - self.printed_at >= self.REPEAT_SECONDS:
             self.print_repeats()
 
@@ -256,6 +257,16 @@ class Refusals:
         count = plural(self.repeats, "more connection")
         print(f"Refused {count} for the same reason.", file=sys.stderr)
         self.repeats, self.printed_at = 0, time.monotonic()
+
+
+def recv_event(monitor: zmq.Socket[bytes]) -> tuple[int, int]:
+    """The next event on a monitor socket: what happened, and its value (a file descriptor, an
+    errno or a ZAP status code, depending on the event)."""
+    # Two frames: the event (16 bits) and its value (32 bits), then the endpoint, unused here.
+    # Parsed here rather than with zmq.utils.monitor, which imports asyncio: ~35 ms on every start.
+    head, _endpoint = monitor.recv_multipart()
+    event, value = struct.unpack("=HI", head[:6])
+    return event, value
 
 
 def plural(count: int, noun: str) -> str:
@@ -302,6 +313,9 @@ def read_key_pair(path: str) -> tuple[bytes, bytes]:
 
 def read_key_file(path: str) -> tuple[bytes, bytes | None]:
     """(public key, secret key or None) from a file that zmq.auth.create_certificates wrote."""
+    # Imported here rather than at the top: only key files need it, and it costs every start ~8 ms.
+    import zmq.auth
+
     if not zmq.has("curve"):
         raise KeyFileError(f"Cannot use {path}: this pyzmq was built without CURVE.")
     if not os.path.isfile(path):

@@ -32,16 +32,14 @@ import pickletools
 import random
 import secrets
 import signal
+import struct
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
-from zmq.utils.monitor import recv_monitor_message
 
 DEFAULT_TASKS_ENDPOINT = "tcp://127.0.0.1:5557"
 DEFAULT_RESULTS_ENDPOINT = "tcp://127.0.0.1:5558"
@@ -192,18 +190,18 @@ class Workers:
 
     def update(self, wanted: int | None = None) -> int:
         """Take one monitor event, print the count when it changes, and return the change."""
-        event = recv_monitor_message(self.monitor)
-        if event["event"] & Refusals.EVENTS:
-            self.refusals.refused(event["event"], event["value"])
+        event, value = recv_event(self.monitor)
+        if event & Refusals.EVENTS:
+            self.refusals.refused(event, value)
             return 0
-        fd = event["value"]
+        fd = value
         before = len(self.connected)
-        if event["event"] == zmq.EVENT_ACCEPTED:
+        if event == zmq.EVENT_ACCEPTED:
             self.handshaking.append(fd)
-        elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED and self.handshaking:
+        elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self.handshaking:
             # libzmq does not say which connection it was: the one accepted last is likeliest.
             self.connected.add(self.handshaking.pop())
-        elif event["event"] == zmq.EVENT_DISCONNECTED:
+        elif event == zmq.EVENT_DISCONNECTED:
             # A connection that never finished its handshake (a port scanner) was never a worker.
             self.connected.discard(fd)
             if fd in self.handshaking:
@@ -410,6 +408,9 @@ def only_clients_in(
     if folder is None:
         yield
         return
+    # Imported only when needed: it brings in asyncio, ~35 ms more on every start-up.
+    from zmq.auth.thread import ThreadAuthenticator
+
     allowed = AllowedKeys(read_client_keys(folder))
     # pyzmq's authenticator answers libzmq's ZAP requests from a thread, status 400 to refuse.
     authenticator = ThreadAuthenticator(context)
@@ -452,8 +453,8 @@ class Refusals:
             return
         self.looked_at = time.monotonic()
         while self.monitor is not None and self.monitor.poll(0):
-            event = recv_monitor_message(self.monitor)
-            self.refused(event["event"], event["value"])
+            event, value = recv_event(self.monitor)
+            self.refused(event, value)
         if self.repeats and time.monotonic() - self.printed_at >= self.REPEAT_SECONDS:
             self.print_repeats()
 
@@ -522,6 +523,9 @@ def read_key_pair(path: str) -> tuple[bytes, bytes]:
 
 def read_key_file(path: str) -> tuple[bytes, bytes | None]:
     """(public key, secret key or None) from a file that zmq.auth.create_certificates wrote."""
+    # Imported here rather than at the top: only key files need it, and it costs every start ~8 ms.
+    import zmq.auth
+
     if not zmq.has("curve"):
         raise KeyFileError(f"Cannot use {path}: this pyzmq was built without CURVE.")
     if not os.path.isfile(path):
@@ -617,6 +621,16 @@ def printable(text: str, limit: int = 80) -> str:
         for character in text[:limit]
     )
     return shown + "..." if len(text) > limit else shown
+
+
+def recv_event(monitor: zmq.Socket[bytes]) -> tuple[int, int]:
+    """The next event on a monitor socket: what happened, and its value (a file descriptor, an
+    errno or a ZAP status code, depending on the event)."""
+    # Two frames: the event (16 bits) and its value (32 bits), then the endpoint, unused here.
+    # Parsed here rather than with zmq.utils.monitor, which imports asyncio: ~35 ms on every start.
+    head, _endpoint = monitor.recv_multipart()
+    event, value = struct.unpack("=HI", head[:6])
+    return event, value
 
 
 def plural(count: int, noun: str) -> str:
