@@ -354,12 +354,18 @@ def wait_for_event(monitor: zmq.Socket[bytes], event: int, timeout: float = WAIT
     raise AssertionError(f"no {zmq.Event(event).name} event within {timeout:g} s")
 
 
+def zmtp_greeting(mechanism: bytes, as_server: bool = False) -> bytes:
+    """A ZMTP 3.0 greeting, 64 bytes: signature, version 3.0, the security mechanism offered
+    (NULL, PLAIN or CURVE), whether this end is the server of that mechanism, then filler."""
+    signature = b"\xff" + b"\x00" * 8 + b"\x7f"
+    return signature + b"\x03\x00" + mechanism.ljust(20, b"\x00") + bytes([as_server]) + bytes(31)
+
+
 def zmtp_handshake(connection: socket.socket, socket_type: bytes) -> None:
     """Speak a ZMTP 3.0 NULL handshake by hand on a TCP connection, as `socket_type`: what a
     hostile peer does to reach past what pyzmq would let it send."""
     connection.settimeout(WAIT)
-    greeting = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00")
-    connection.sendall(greeting + b"\x00" * 32)
+    connection.sendall(zmtp_greeting(b"NULL"))
     received = b""
     while len(received) < 64:
         chunk = connection.recv(64 - len(received))
