@@ -29,10 +29,12 @@ POST_PEERS = Path(__file__).resolve().parent / "post_peers"
 WAIT = 20.0
 
 
-def _restore_default_sigint() -> None:
-    # A shell without job control starts background jobs with SIGINT ignored, and children inherit
-    # that: a script started so would never see Ctrl-C. Give it back the default.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# A shell without job control starts background jobs with SIGINT ignored, and an ignored signal
+# stays ignored across exec: a script started from such a run would never see Ctrl-C. A handled
+# one is reset to the default by exec, so handle it here, as Python does where it may. (Doing it
+# in each child instead, with preexec_fn, makes every start a full fork of the test process.)
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class Process:
@@ -63,7 +65,6 @@ class Process:
             text=True,
             errors="backslashreplace",
             start_new_session=True,
-            preexec_fn=_restore_default_sigint,
         )
         self._readers = [
             threading.Thread(target=self._read, args=(name, stream), daemon=True)
