@@ -120,13 +120,15 @@ class Process:
 
     def wait(self, timeout: float = WAIT) -> int:
         """Wait for the process to exit and for all its output to be read; return its code."""
+        deadline = time.monotonic() + timeout
+        # Its output ends as it exits, and the readers see that at once; Popen.wait(timeout) alone
+        # would notice the exit only at its next look, up to 50 ms later.
+        for reader in self._readers:
+            reader.join(max(0.0, deadline - time.monotonic()))
         try:
-            code = self.popen.wait(timeout)
+            return self.popen.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             raise AssertionError(f"still running after {timeout:g} s:\n{self.describe()}") from None
-        for reader in self._readers:
-            reader.join(timeout)
-        return code
 
     def signal(self, signum: int) -> None:
         self.popen.send_signal(signum)
