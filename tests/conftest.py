@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 import zmq
 
-# pytest rewrites the asserts of each test module when it imports it; where PYTHONDONTWRITEBYTECODE
-# is set (as on some machines), each worker would redo it at every run instead of caching it.
+# Python's default, which some machines turn off with PYTHONDONTWRITEBYTECODE: cache what is
+# compiled. Else the test workers (started after this runs) and the suite's some 300 script
+# processes would compile pytest, pyzmq and the rewritten test modules anew at every run.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,9 +50,6 @@ class Process:
         self._read_up_to = {"stdout": 0, "stderr": 0}
         self._changed = threading.Condition()
         environment = {**os.environ, **(env or {})}
-        # Python's default, which some machines turn off: cache what is compiled, or each of the
-        # suite's some 250 processes compiles pyzmq's Python modules anew.
-        environment.pop("PYTHONDONTWRITEBYTECODE", None)
         # Unbuffered unless a test checks what the scripts do about buffering themselves.
         environment.pop("PYTHONUNBUFFERED", None)
         if unbuffered:
