@@ -139,15 +139,20 @@ SHARED_CONSTANTS = {
 def top_level_definitions(path: Path) -> dict[str, str]:
     """The source of each top-level function, class and constant in a script, by name."""
     source = path.read_text()
-    tree = ast.parse(source)
+    lines = source.splitlines()
+
+    def lines_of(node: ast.stmt) -> str:
+        # Whole lines: a top-level statement starts at column 0 and ends its last line.
+        return "\n".join(lines[node.lineno - 1 : node.end_lineno])
+
     definitions = {}
-    for node in tree.body:
+    for node in ast.parse(source).body:
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            definitions[node.name] = ast.get_source_segment(source, node) or ""
+            definitions[node.name] = lines_of(node)
         elif (
             isinstance(node, ast.Assign)
             and isinstance(node.targets[0], ast.Name)
             and node.targets[0].id in SHARED_CONSTANTS
         ):
-            definitions[node.targets[0].id] = ast.get_source_segment(source, node) or ""
+            definitions[node.targets[0].id] = lines_of(node)
     return definitions
