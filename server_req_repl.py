@@ -77,13 +77,15 @@ def serve(args: argparse.Namespace, curve_secret_key: bytes | None) -> int:
         while True:
             refusals.report()
             try:
-                # copy=False: the Frame tells if more frames follow, quicker than asking the socket.
+                # A Frame (copy=False) says if more frames follow; a refused one is never copied.
                 first = responder.recv(copy=False)
             except zmq.Again:
                 continue
             if first.more:
-                # REP must answer every request, or that client waits for ever.
-                frames = 1 + len(responder.recv_multipart(copy=False))
+                # Read to its end, keeping no frame, then answer: REP must, or the client waits.
+                frames = 2
+                while responder.recv(copy=False).more:
+                    frames += 1
                 print(f"Ignored a request of {frames} frames: expected 1.", file=sys.stderr)
                 responder.send(b"ERROR: send the request as a single frame")
                 continue

@@ -200,6 +200,29 @@ def test_reply_server_answers_a_multipart_request_with_an_error(
     assert receive(requester) == [b"next*"]
 
 
+def test_a_request_of_many_empty_frames_is_counted_without_holding_them(
+    launch: Launcher, endpoints: Endpoints, context: Context
+) -> None:
+    endpoint = endpoints.ipc("reqrep")
+    server = launch.reply_server(endpoint)
+    before = server.peak_memory_bytes()
+    requester = context.socket(zmq.REQ)
+    requester.connect(endpoint)
+
+    # A few bytes each on the wire; a Python object each, some 200 bytes, if the server kept them.
+    frames = 300_000
+    requester.send_multipart([b""] * frames)
+
+    [reply] = receive(requester)
+    assert reply.startswith(b"ERROR")
+    server.expect(rf"^Ignored a request of {frames} frames: expected 1\.$", stream="stderr")
+    # libzmq queues them (about 64 bytes each) before the server reads any; a list of them would
+    # add some 60 MiB more.
+    assert server.peak_memory_bytes() - before < 40 * 2**20
+    requester.send(b"next")
+    assert receive(requester) == [b"next*"]
+
+
 def test_subscriber_prints_bytes_that_are_not_utf8(
     launch: Launcher, endpoints: Endpoints, context: Context
 ) -> None:
