@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -148,11 +149,15 @@ class Process:
         return self.lines["stdout"] + self.lines["stderr"]
 
     def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
+        # Its whole process group (start_new_session made one): `uv run` leaves the script it
+        # started holding our pipes. Only before the leader is reaped: until then its pid, which
+        # names the group, cannot have gone to another process.
+        if self.popen.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
         self.popen.wait()
         for reader in self._readers:
-            reader.join()
+            reader.join(WAIT)
 
 
 class Launcher:
