@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import zmq
@@ -133,6 +135,31 @@ def test_sigterm_to_the_process_group_of_uv_run_ends_the_script_cleanly(
     assert time.monotonic() - sent < 1.0, process.describe()
     assert process.lines["stderr"] == [process.lines["stderr"][-1]], process.describe()
     assert process.lines["stderr"][-1].startswith("Interrupted"), process.describe()
+
+
+@pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not installed")
+def test_the_test_harness_kills_the_script_that_uv_run_started_with_it(
+    launch: Launcher, endpoints: Endpoints
+) -> None:
+    # Else a failed test hangs in its teardown: the script holds the pipes that uv was given.
+    process = launch.start(
+        ["uv", "run", "--quiet", "server_req_repl.py", "--bind", endpoints.ipc("main")]
+    )
+    process.expect("^Request-reply server on ")
+    uv = process.popen.pid
+    # uv may start it from any of its threads: each lists its own children.
+    tasks = Path(f"/proc/{uv}/task").iterdir()
+    [script] = [pid for task in tasks for pid in (task / "children").read_text().split()]
+    # Readable once that process has exited, whoever its parent is by then.
+    script_exit = os.pidfd_open(int(script))
+
+    process.kill()
+
+    try:
+        exited, _, _ = select.select([script_exit], [], [], WAIT)
+    finally:
+        os.close(script_exit)
+    assert exited, f"uv's script (pid {script}) outlived the kill"
 
 
 def test_signals_that_keep_coming_during_the_shutdown_change_nothing(
