@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import py_compile
 import re
 import shutil
 import signal
@@ -25,6 +26,24 @@ import zmq
 # processes would compile pytest, pyzmq and the rewritten test modules anew at every run.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
+
+
+def cache_what_this_process_compiled() -> None:
+    """Write the bytecode of every module imported so far whose cache file is missing.
+
+    This process imported pytest and pyzmq before the line above could let it cache them: on the
+    first run after `uv sync`, the eight test workers would each compile them again, all at once.
+    """
+    for module in list(sys.modules.values()):
+        spec = getattr(module, "__spec__", None)
+        if spec is None or not spec.cached or not str(spec.origin).endswith(".py"):
+            continue
+        if not os.path.exists(spec.cached):
+            with contextlib.suppress(OSError, py_compile.PyCompileError):
+                py_compile.compile(spec.origin, cfile=spec.cached, doraise=True)
+
+
+cache_what_this_process_compiled()
 
 ROOT = Path(__file__).resolve().parent.parent
 POST_PEERS = Path(__file__).resolve().parent / "post_peers"
