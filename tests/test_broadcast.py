@@ -214,28 +214,30 @@ def test_a_paused_publisher_does_not_send_the_messages_it_missed_in_a_burst(
     launch: Launcher, endpoints: Endpoints, context: Context
 ) -> None:
     endpoint = endpoints.ipc("pubsub")
-    publisher = launch.script("server_broadcast.py", "--bind", endpoint, "--interval", "0.1")
+    publisher = launch.script("server_broadcast.py", "--bind", endpoint, "--interval", "0.05")
     publisher.expect(READY)
     subscriber = context.socket(zmq.SUB)
     subscriber.subscribe(b"")
     subscriber.connect(endpoint)
     receive(subscriber)
 
-    # Like a laptop's lid closed for a second: ten messages fall due while it is stopped.
+    # Like a laptop's lid closed for a second: twenty messages fall due while it is stopped.
     publisher.signal(signal.SIGSTOP)
     time.sleep(1.0)
     while subscriber.poll(0):
         subscriber.recv()
     publisher.signal(signal.SIGCONT)
     receive(subscriber)
-    resumed = time.monotonic()
-    burst = 0
-    while subscriber.poll(50):
+    window_ends = time.monotonic() + 0.2
+    more = 0
+    while (left := window_ends - time.monotonic()) > 0 and subscriber.poll(left * 1000):
         subscriber.recv()
-        burst += 1
+        more += 1
 
-    assert burst == 0, f"{burst} more messages within 50 ms of resuming"
-    assert time.monotonic() - resumed < WAIT
+    # Back on its schedule, it sends one at once and three more in those 0.2 s. Up to two sent
+    # just before the stop may still be on their way, and a late look may catch one more. A burst
+    # would be all twenty at once.
+    assert more <= 6, f"{more} more messages within 0.2 s of resuming"
 
 
 def test_a_subscription_over_the_publishers_limit_drops_only_that_subscriber(
