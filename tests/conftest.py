@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from importlib.machinery import SourceFileLoader
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,8 @@ def cache_what_this_process_compiled() -> None:
     """
     for module in list(sys.modules.values()):
         spec = getattr(module, "__spec__", None)
-        if spec is None or not spec.cached or not str(spec.origin).endswith(".py"):
+        # Plain source files only: pytest caches the test modules it rewrites on its own.
+        if spec is None or not isinstance(spec.loader, SourceFileLoader) or not spec.cached:
             continue
         if not os.path.exists(spec.cached):
             with contextlib.suppress(OSError, py_compile.PyCompileError):

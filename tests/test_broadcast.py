@@ -230,7 +230,7 @@ def test_a_paused_publisher_does_not_send_the_messages_it_missed_in_a_burst(
     receive(subscriber)
     window_ends = time.monotonic() + 0.2
     more = 0
-    while (left := window_ends - time.monotonic()) > 0 and subscriber.poll(left * 1000):
+    while (left := window_ends - time.monotonic()) > 0 and subscriber.poll(round(left * 1000)):
         subscriber.recv()
         more += 1
 
