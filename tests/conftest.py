@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import py_compile
 import re
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator, Sequence
 from importlib.machinery import SourceFileLoader
 from pathlib import Path
@@ -59,6 +61,15 @@ WAIT = 20.0
 # in each child instead, with preexec_fn, makes every start a full fork of the test process.)
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def load_script(name: str) -> types.ModuleType:
+    """One of the six scripts as a module, to test a helper of it alone; main() does not run."""
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), ROOT / name)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class Process:
