@@ -55,14 +55,17 @@ def test_scripts_import_only_the_standard_library_and_zmq(script: str) -> None:
     assert imported - {"zmq", "__future__"} <= sys.stdlib_module_names
 
 
-def copy_alone(script: str) -> Path:
+def copy_alone(script: str, elsewhere: Path) -> Path:
     """A copy of `script`, alone in a folder outside the project: the same folder for the same
     contents, in this user's cache. uv keeps an environment for each script's path, so a new
     folder at every run would leave one more environment in uv's cache each time."""
     contents = (ROOT / script).read_bytes()
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     folder = cache / "zeromq-patterns-tests" / hashlib.sha256(contents).hexdigest()[:16]
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = elsewhere  # A read-only home: a new folder, as uv's cache allows.
     copy = folder / script
     if not copy.exists():
         # Two runs of the suite at once may both get here: each renames a whole copy into place.
@@ -75,10 +78,10 @@ def copy_alone(script: str) -> Path:
 @pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not installed")
 @pytest.mark.parametrize("script", sorted(PARTNERS))
 def test_a_script_copied_alone_runs_with_uv_run_and_its_help_names_the_default_endpoints(
-    script: str,
+    tmp_path: Path, script: str
 ) -> None:
     # The inline metadata (PEP 723) brings pyzmq with it, outside this project.
-    copy = copy_alone(script)
+    copy = copy_alone(script, elsewhere=tmp_path)
     result = subprocess.run(
         ["uv", "run", "--quiet", copy.name, "--help"],
         cwd=copy.parent,
