@@ -236,8 +236,8 @@ class Launcher:
 
 
 # Their tests spend most of their time waiting out a script's timeout. Queued first, they wait
-# while the tests that keep the CPU busy run; queued last, as in file order, they left both cores
-# idle near the end of the run (about 0.8 s of its 14 s here).
+# while the tests that keep the CPU busy run; near the end, as in file order, they left both cores
+# idle there (a quarter to most of a second of the run, in side-by-side runs here).
 MODULES_THAT_MOSTLY_WAIT = ("test_retries.py", "test_req_repl.py")
 
 

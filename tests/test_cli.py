@@ -65,7 +65,7 @@ def copy_alone(script: str, elsewhere: Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
-        folder = elsewhere  # A read-only home: a new folder, as uv's cache allows.
+        folder = elsewhere  # No such folder to be had (a read-only home): a new one, as before.
     copy = folder / script
     if not copy.exists():
         # Two runs of the suite at once may both get here: each renames a whole copy into place.
