@@ -15,7 +15,6 @@ Start the publisher in another terminal (either goes first: the subscriber keeps
 """
 
 import argparse
-import contextlib
 import io
 import os
 import signal
@@ -37,6 +36,8 @@ def main() -> int:
     args = parse_arguments()
     if isinstance(sys.stdout, io.TextIOWrapper):  # Each line at once, even into a pipe (| tee).
         sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
+    # Ended quietly by SIGPIPE, as command-line tools are, once our reader has gone (| head).
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     # Held back until the socket is connected: an interrupted set-up could leave term() waiting.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     signal.signal(signal.SIGINT, stop)
@@ -44,14 +45,8 @@ def main() -> int:
     try:
         return print_messages(args)
     except KeyboardInterrupt:
-        # Unbuffered, so that nothing is left to fail at exit if nobody reads stderr any more.
-        with contextlib.suppress(BrokenPipeError):
-            os.write(sys.stderr.fileno(), b"Interrupted.\n")
+        print("Interrupted.", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # Whoever read our output has gone (| head): end quietly, as command-line tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
 
 
 def print_messages(args: argparse.Namespace) -> int:
@@ -152,9 +147,7 @@ def stop(signum: int, frame: object) -> None:
 
 
 def parse_arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Subscriber: print messages that start with a topic."
-    )
+    parser = argparse.ArgumentParser(description="Print the messages that start with a topic.")
     parser.add_argument(
         "--connect", default=DEFAULT_ENDPOINT, metavar="ENDPOINT",
         help=f"the publisher: tcp://HOST:PORT or ipc://PATH (default: {DEFAULT_ENDPOINT})",

@@ -16,10 +16,8 @@ Run it, then one or more subscribers in other terminals:
 """
 
 import argparse
-import contextlib
 import io
 import itertools
-import os
 import signal
 import sys
 import time
@@ -36,6 +34,8 @@ def main() -> int:
     args = parse_arguments()
     if isinstance(sys.stdout, io.TextIOWrapper):  # Each line at once, even into a pipe (| tee).
         sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
+    # Ended quietly by SIGPIPE, as command-line tools are, once our reader has gone (| head).
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     # Held back until the socket is bound: an interrupted set-up could leave term() waiting.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     signal.signal(signal.SIGINT, stop)
@@ -43,14 +43,8 @@ def main() -> int:
     try:
         return publish(args)
     except KeyboardInterrupt:
-        # Unbuffered, so that nothing is left to fail at exit if nobody reads stderr any more.
-        with contextlib.suppress(BrokenPipeError):
-            os.write(sys.stderr.fileno(), b"Interrupted: shutting down.\n")
+        print("Interrupted: shutting down.", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # Whoever read our output has gone (| head): end quietly, as command-line tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
 
 
 def publish(args: argparse.Namespace) -> int:

@@ -15,9 +15,7 @@ Run it, then its partner in a second terminal:
 """
 
 import argparse
-import contextlib
 import io
-import os
 import signal
 import sys
 
@@ -35,6 +33,8 @@ def main() -> int:
     for stream in (sys.stdout, sys.stderr):  # Each line at once, even into a pipe (| tee).
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(line_buffering=True, errors="backslashreplace")
+    # Ended quietly by SIGPIPE, as command-line tools are, once our reader has gone (| head).
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     # Held back until the socket is bound: an interrupted set-up could leave term() waiting.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     signal.signal(signal.SIGINT, stop)
@@ -42,14 +42,8 @@ def main() -> int:
     try:
         return serve(args.bind)
     except KeyboardInterrupt:
-        # Unbuffered, so that nothing is left to fail at exit if nobody reads stderr any more.
-        with contextlib.suppress(BrokenPipeError):
-            os.write(sys.stderr.fileno(), b"Interrupted: shutting down.\n")
+        print("Interrupted: shutting down.", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # Whoever read our output has gone (| head): end quietly, as command-line tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
 
 
 def serve(endpoint: str) -> int:
