@@ -99,7 +99,7 @@ def work(args: argparse.Namespace) -> int:
             except ValueError as error:
                 print(f"Ignored a task: {error}", file=sys.stderr)
                 continue
-            if task_id is not None and not ventilator.connected:
+            if task_id is not None and not ventilator.update():
                 # Queued here when our ventilator, and so its sink, went away: that run is over.
                 print(f"Skipped task {task_id} of {run_name!r}: its ventilator has gone.")
                 continue
@@ -118,7 +118,7 @@ class Connection:
         self.socket, self.monitor, self.endpoint = socket, monitor, endpoint
         self.connected, self.lost_at = False, 0.0
 
-    def update(self) -> None:
+    def update(self) -> bool:
         while self.monitor.poll(0):
             first_frame, _endpoint = self.monitor.recv_multipart()
             # The event is the first 16 bits (zmq.utils.monitor would cost ~35 ms a start).
@@ -131,6 +131,7 @@ class Connection:
             self.socket.disconnect(self.endpoint)
             self.socket.connect(self.endpoint)
             self.lost_at = 0.0
+        return self.connected
 
 
 def load_task(frames: list[bytes]) -> tuple[str, int, "int | None"]:

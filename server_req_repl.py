@@ -30,9 +30,8 @@ STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 def main() -> int:
     args = parse_arguments()
-    for stream in (sys.stdout, sys.stderr):  # Each line at once, even into a pipe (| tee).
-        if isinstance(stream, io.TextIOWrapper):
-            stream.reconfigure(line_buffering=True, errors="backslashreplace")
+    if isinstance(sys.stdout, io.TextIOWrapper):  # Each line at once, even into a pipe (| tee).
+        sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
     # Ended quietly by SIGPIPE, as command-line tools are, once our reader has gone (| head).
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     # Held back until the socket is bound: an interrupted set-up could leave term() waiting.
@@ -40,13 +39,13 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        return serve(args.bind)
+        return serve(args)
     except KeyboardInterrupt:
         print("Interrupted: shutting down.", file=sys.stderr)
         return 130
 
 
-def serve(endpoint: str) -> int:
+def serve(args: argparse.Namespace) -> int:
     """The pattern: bind REP, then receive a request and send its reply, for ever."""
     with zmq.Context() as context, context.socket(zmq.REP) as responder:
         # At exit, STOP's reply gets 0.2 s to leave: the post's client never reads it.
@@ -57,11 +56,11 @@ def serve(endpoint: str) -> int:
         responder.setsockopt(zmq.SNDHWM, MAX_QUEUED_REQUESTS)
         set_listen_backlog_and_keepalive(responder)
         try:
-            responder.bind(endpoint)
-        except zmq.ZMQError as error:
+            responder.bind(args.bind)
+        except (zmq.ZMQError, UnicodeError) as error:
             print(f"Cannot bind: {error}", file=sys.stderr)
             return 1
-        print(f"Request-reply server on {endpoint}. Waiting for requests (Ctrl-C to stop).")
+        print(f"Request-reply server on {args.bind}. Waiting for requests (Ctrl-C to stop).")
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
         while True:
@@ -113,25 +112,14 @@ def parse_arguments() -> argparse.Namespace:
         description="Request-reply server: reply to each request with the request plus '*'. "
         "A request of STOP is answered, then the server exits.",
         epilog="Other machines cannot reach the default endpoint: pass --bind tcp://*:5555 to "
-        "listen on every interface (and see secure/ before you do so on an untrusted network).",
+        "listen on every interface (see secure/ before you do so on an untrusted network).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--bind",
-        default=DEFAULT_ENDPOINT,
-        type=endpoint,
-        metavar="ENDPOINT",
-        help=f"where to listen: tcp://HOST:PORT or ipc://PATH (default: {DEFAULT_ENDPOINT})",
-    )
+        "--bind", default=DEFAULT_ENDPOINT, metavar="ENDPOINT",
+        help="where to listen: tcp://HOST:PORT, or ipc://PATH",
+    )  # fmt: skip
     return parser.parse_args()
-
-
-def endpoint(text: str) -> str:
-    """argparse type: text that libzmq can take as an endpoint (pyzmq sends it as UTF-8)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise argparse.ArgumentTypeError(f"{text!r} holds bytes that are not UTF-8") from None
-    return text
 
 
 if __name__ == "__main__":
