@@ -147,21 +147,19 @@ def stop(signum: int, frame: object) -> None:
 
 
 def parse_arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Print the messages that start with a topic.")
-    parser.add_argument(
-        "--connect", default=DEFAULT_ENDPOINT, metavar="ENDPOINT",
-        help=f"the publisher: tcp://HOST:PORT or ipc://PATH (default: {DEFAULT_ENDPOINT})",
-    )  # fmt: skip
-    parser.add_argument(
-        "--topic", default="TIME",
-        help="receive only the messages that start with TOPIC; '' for all (default: TIME)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--count", type=int, default=5, metavar="N", help="print N messages (default: 5)"
+    parser = argparse.ArgumentParser(
+        description="Publish-subscribe subscriber: print the messages that start with a topic.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
+        "--connect", default=DEFAULT_ENDPOINT, metavar="ENDPOINT",
+        help="the publisher: tcp://HOST:PORT, or ipc://PATH",
+    )  # fmt: skip
+    parser.add_argument("--topic", default="TIME", help="the messages' start; '' for all of them")
+    parser.add_argument("--count", type=int, default=5, metavar="N", help="print N messages")
+    parser.add_argument(
         "--timeout", type=float, metavar="SECONDS",
-        help="give up when no message has come for this long (default: wait for ever)",
+        help="give up after this long without a message (None: wait for ever)",
     )  # fmt: skip
     args = parser.parse_args()
     if args.timeout is not None and not args.timeout > 0:

@@ -32,7 +32,6 @@ import zmq
 DEFAULT_TASKS_ENDPOINT = "tcp://127.0.0.1:5557"
 DEFAULT_RESULTS_ENDPOINT = "tcp://127.0.0.1:5558"
 MAX_MESSAGE_BYTES = 4096
-MAX_NAME_CHARACTERS = 200
 MAX_WORKLOAD_MS = 10_000
 PLAIN_DATA_OPCODES = {
     "PROTO", "FRAME", "STOP", "MARK", "TUPLE", "TUPLE2", "TUPLE3", "SHORT_BINUNICODE",
@@ -169,11 +168,11 @@ def parse_arguments() -> argparse.Namespace:
     )
     host_and_pid = f"{platform.node()}-{os.getpid()}"
     parser.add_argument("name", nargs="?", default=host_and_pid, help="sent with every result")
-    parser.add_argument("--connect", default=DEFAULT_TASKS_ENDPOINT, help="the ventilator")
-    parser.add_argument("--results", default=DEFAULT_RESULTS_ENDPOINT, help="the sink")
+    parser.add_argument("--connect", default=DEFAULT_TASKS_ENDPOINT, help="the ventilator's tasks")
+    parser.add_argument("--results", default=DEFAULT_RESULTS_ENDPOINT, help="the sink's results")
     args = parser.parse_args()
-    if len(args.name) > MAX_NAME_CHARACTERS:
-        parser.error(f"NAME is {len(args.name)} characters long: at most {MAX_NAME_CHARACTERS}")
+    if len(args.name) > 200:  # The sink refuses longer ones.
+        parser.error(f"NAME is {len(args.name)} characters long: at most 200")
     return args
 
 

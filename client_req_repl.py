@@ -150,19 +150,20 @@ def stop(signum: int, frame: object) -> None:
 
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Request-reply client: send requests, print the replies, then send STOP."
+        description="Request-reply client: send requests, print the replies, then send STOP.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "messages", nargs="*", default=["Hello world 1"], metavar="MESSAGE",
-        help="requests to send, one at a time (default: 'Hello world 1')",
+        help="requests to send, one at a time",
     )  # fmt: skip
     parser.add_argument(
         "--connect", default=DEFAULT_ENDPOINT, metavar="ENDPOINT",
-        help=f"the server: tcp://HOST:PORT or ipc://PATH (default: {DEFAULT_ENDPOINT})",
+        help="the server: tcp://HOST:PORT, or ipc://PATH",
     )  # fmt: skip
     parser.add_argument(
         "--timeout", type=float, default=5.0, metavar="SECONDS",
-        help="how long to wait for each reply before giving up (default: 5)",
+        help="how long to wait for each reply before giving up",
     )  # fmt: skip
     parser.add_argument("--no-stop", action="store_true", help="do not send STOP at the end")
     args = parser.parse_args()

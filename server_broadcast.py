@@ -114,19 +114,18 @@ def parse_arguments() -> argparse.Namespace:
         description="Publish-subscribe publisher: broadcast 'TIME' and the current time.",
         epilog="Other machines cannot reach the default endpoint: pass --bind tcp://*:5556 to "
         "listen on every interface (see secure/ before you do so on an untrusted network).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--bind", default=DEFAULT_ENDPOINT, metavar="ENDPOINT",
-        help=f"where to listen: tcp://HOST:PORT or ipc://PATH (default: {DEFAULT_ENDPOINT})",
+        help="where to listen: tcp://HOST:PORT, or ipc://PATH",
     )  # fmt: skip
     parser.add_argument(
         "--interval", type=float, default=5.0, metavar="SECONDS",
-        help="pause between messages (default: 5); 0 publishes as fast as it can and prints a "
-        "count every 100,000 messages instead of each message",
+        help="pause between messages; 0 publishes as fast as it can, and prints a count every "
+        "100,000 messages instead of each message",
     )  # fmt: skip
-    parser.add_argument(
-        "--count", type=int, metavar="N", help="stop after N messages (default: run until stopped)"
-    )
+    parser.add_argument("--count", type=int, metavar="N", help="stop after N (None: never stop)")
     args = parser.parse_args()
     if not 0 <= args.interval < float("inf"):
         parser.error(f"--interval must be a number of seconds, 0 or more, not {args.interval}")

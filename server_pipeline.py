@@ -276,15 +276,25 @@ def parse_arguments() -> argparse.Namespace:
         "name", nargs="?",
         # New for every run, so that a result still on its way from an earlier run is refused.
         default=f"ventilator-{secrets.token_hex(3)}",
-        help="name sent with every task, which workers send back with each result",
+        help="sent with every task, and back with each result; new for every run",
     )  # fmt: skip
-    parser.add_argument("--bind", default=DEFAULT_TASKS_ENDPOINT, help="where to hand out tasks")
-    parser.add_argument("--results", default=DEFAULT_RESULTS_ENDPOINT, help="where results come")
-    parser.add_argument("--tasks", type=int, default=100, help="how many tasks to send")
-    parser.add_argument("--workers", type=int, default=3, help="workers to wait for, first")
     parser.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds without a result before giving up"
-    )
+        "--bind", default=DEFAULT_TASKS_ENDPOINT, metavar="ENDPOINT",
+        help="where to hand out tasks: tcp://HOST:PORT, or ipc://PATH",
+    )  # fmt: skip
+    parser.add_argument(
+        "--results", default=DEFAULT_RESULTS_ENDPOINT, metavar="ENDPOINT",
+        help="where to collect the results",
+    )  # fmt: skip
+    parser.add_argument("--tasks", type=int, default=100, metavar="N", help="tasks to send")
+    parser.add_argument(
+        "--workers", type=int, default=3, metavar="W",
+        help="how many workers to wait for before sending the first task",
+    )  # fmt: skip
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, metavar="SECONDS",
+        help="give up when no result has come for this long",
+    )  # fmt: skip
     args = parser.parse_args()
     if not 1 <= args.tasks <= MAX_TASKS:
         parser.error(f"--tasks must be 1 to {MAX_TASKS:,}, not {args.tasks}")
