@@ -69,16 +69,10 @@ def request_and_print_replies(args: argparse.Namespace) -> int:
         requester.setsockopt(zmq.LINGER, 0)
         # A reply much bigger than any request is not from our server: libzmq drops that peer.
         requester.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
-        # CURVE: encrypted, and only with the server that holds the secret half of this key.
+        # CURVE: encrypted, and only with the server that holds the secret half of its key.
         requester.curve_serverkey = load_key(args.curve_server)
-        # Ours: from a file, for the server's allow-list, or made for this run.
-        secret_key = (
-            load_key(args.curve_secret, True) if args.curve_secret else zmq.curve_keypair()[1]
-        )
-        requester.curve_secretkey, requester.curve_publickey = (
-            secret_key,
-            zmq.curve_public(secret_key),
-        )
+        public_key, requester.curve_secretkey = our_key_pair(args.curve_secret)
+        requester.curve_publickey = public_key
         try:
             requester.connect(args.connect)
         except (zmq.ZMQError, UnicodeError) as error:
@@ -86,7 +80,7 @@ def request_and_print_replies(args: argparse.Namespace) -> int:
             return 1
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         server = Server(requester, monitor, args.connect)
-        server.our_key = zmq.curve_public(secret_key).decode()
+        server.our_key = public_key.decode()
 
         for message in args.messages:
             # The bytes exactly as typed, even ones that are not UTF-8.
@@ -118,7 +112,7 @@ class Server:
 
     def __init__(self, requester: zmq.Socket[bytes], monitor: zmq.Socket[bytes], endpoint: str):
         self.requester, self.monitor, self.endpoint = requester, monitor, endpoint
-        self.connected = self.ever_connected = self.lost = self.cut_off = self.refused = False
+        self.connected = self.ever_connected = self.lost = self.cut_off = False
         self.our_key = ""
 
     def replied_within(self, timeout: float) -> bool:
@@ -138,16 +132,15 @@ class Server:
             first_frame, _endpoint = self.monitor.recv_multipart()
             # The event is the first 16 bits (zmq.utils.monitor would cost ~35 ms a start).
             event = struct.unpack("=H", first_frame[:2])[0]
+            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # libzmq will not try again.
+                raise SystemExit(f"The server at {self.endpoint} refused our key {self.our_key}.")
             self.cut_off |= bool(event & HANDSHAKE_FAILED)
-            self.refused |= event == zmq.EVENT_HANDSHAKE_FAILED_AUTH
             if event & CONNECTION_EVENTS:
                 self.connected = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
                 self.ever_connected |= self.connected
                 self.lost |= not self.connected
 
     def why_no_reply(self, timeout: float) -> str:
-        if self.refused:
-            return f"The server at {self.endpoint} refused this client's key {self.our_key}."
         if self.lost:
             return f"No reply from {self.endpoint}: the connection was lost (server stopped?)."
         waited = f"No reply from {self.endpoint} within {timeout:g} s"
@@ -176,6 +169,14 @@ def load_key(path: str, secret: bool = False) -> bytes:
     return key
 
 
+def our_key_pair(path: "str | None") -> tuple[bytes, bytes]:
+    """(public, secret): from NAME.key_secret, for the server's allow-list, or made for this run."""
+    if path is None:
+        return zmq.curve_keypair()
+    secret_key = load_key(path, secret=True)
+    return zmq.curve_public(secret_key), secret_key
+
+
 def stop(signum: int, frame: object) -> None:
     """Ctrl-C or SIGTERM: stop once; a second signal stays blocked and cannot break the exit."""
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -199,9 +200,9 @@ def parse_arguments() -> argparse.Namespace:
         "--timeout", type=float, default=5.0, metavar="SECONDS",
         help="how long to wait for each reply before giving up",
     )  # fmt: skip
+    parser.add_argument("--no-stop", action="store_true", help="do not send STOP at the end")
     parser.add_argument("--curve-server", default="keys/server.key", metavar="FILE")
     parser.add_argument("--curve-secret", metavar="FILE", help="ours; None: made for this run")
-    parser.add_argument("--no-stop", action="store_true", help="do not send STOP at the end")
     args = parser.parse_args()
     if not args.timeout > 0:
         parser.error(f"--timeout must be a number of seconds above 0, not {args.timeout}")

@@ -134,7 +134,7 @@ def load_key(path: str, secret: bool = False) -> bytes:
 
 
 @contextlib.contextmanager
-def let_in_only(context: zmq.Context[zmq.Socket[bytes]], folder: str | None) -> Iterator[None]:
+def let_in_only(context: zmq.Context[zmq.Socket[bytes]], folder: "str | None") -> Iterator[None]:
     """Let in only the clients whose public key file (NAME.key) is in `folder`, or any client."""
     if folder is not None:
         zmq.auth.load_certificates(folder)  # Now, for one line that names a bad folder or file.
@@ -149,7 +149,7 @@ def let_in_only(context: zmq.Context[zmq.Socket[bytes]], folder: str | None) -> 
 
 
 def stop(signum: int, frame: object) -> None:
-    """Ctrl-C or SIGTERM: stop once; a second signal waits, blocked, and cannot break the exit."""
+    """Ctrl-C or SIGTERM: stop once; a second signal stays blocked and cannot break the exit."""
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     raise KeyboardInterrupt
 

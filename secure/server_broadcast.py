@@ -1,0 +1,187 @@
+# /// script
+# requires-python = ">=3.9"
+# dependencies = ["pyzmq>=26"]
+# ///
+"""Like ../server_broadcast.py, plus CURVE: encryption, and an allow-list of the clients' keys.
+
+It binds tcp://127.0.0.1:5556 and every --interval seconds (5, as in the post) publishes one
+message, "TIME" followed by time.asctime(), to every subscriber connected at that moment. Nobody
+listening? The message is dropped: that is how PUB works. --count stops it after N messages
+(exit code 0); Ctrl-C or SIGTERM stop it with exit code 130.
+
+Make the keys (secure/README.md), run it, then one or more subscribers in other terminals:
+
+    uv run secure/server_broadcast.py --curve-clients keys/clients
+    uv run secure/client_broadcast.py --curve-secret keys/client.key_secret
+"""
+
+import argparse
+import contextlib
+import io
+import itertools
+import logging
+import signal
+import sys
+import time
+from collections.abc import Iterator
+
+import zmq
+import zmq.auth.thread
+import zmq.utils.z85
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
+# Subscribers send only their subscriptions, which are short.
+MAX_SUBSCRIPTION_BYTES = 4096
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+# The authenticator's lines that refuse a client and name its key ("DENIED (CURVE) ...").
+REFUSALS = logging.getLogger("refusals")
+REFUSALS.addFilter(lambda record: record.getMessage().startswith("DENIED"))
+REFUSALS.setLevel(logging.DEBUG)
+
+
+def main() -> int:
+    args = parse_arguments()
+    if isinstance(sys.stdout, io.TextIOWrapper):  # Each line at once, even into a pipe (| tee).
+        sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
+    # Ended quietly by SIGPIPE, as command-line tools are, once our reader has gone (| head).
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # Held back until the socket is bound: an interrupted set-up could leave term() waiting.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    logging.basicConfig(format="Refused a client: %(message)s")
+    try:
+        return publish(args)
+    except KeyboardInterrupt:
+        print("Interrupted: shutting down.", file=sys.stderr)
+        return 130
+    except (OSError, ValueError) as error:
+        print(f"Cannot use the keys: {error}", file=sys.stderr)
+        return 1
+
+
+def publish(args: argparse.Namespace) -> int:
+    """The pattern: bind PUB, then send a message every interval to whoever is subscribed."""
+    with (
+        zmq.Context() as context,
+        let_in_only(context, args.curve_clients),
+        context.socket(zmq.PUB) as publisher,
+    ):
+        # CURVE: every connection encrypted, and clients know it is this server by its key.
+        publisher.curve_secretkey = load_key(args.curve_secret, secret=True)
+        publisher.curve_server = True
+        publisher.setsockopt(zmq.HANDSHAKE_IVL, 3000)  # A stranger's idle connection: 3 s.
+        # At exit, queued messages get half a second to leave: never hang on a slow subscriber.
+        publisher.setsockopt(zmq.LINGER, 500)
+        # Anyone who can connect can subscribe: libzmq drops a peer whose frame is over the cap.
+        publisher.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
+        set_listen_backlog_and_keepalive(publisher)
+        try:
+            publisher.bind(args.bind)
+        except (zmq.ZMQError, UnicodeError) as error:
+            print(f"Cannot bind: {error}", file=sys.stderr)
+            return 1
+        print(f"Publishing on {args.bind} every {args.interval:g} s (Ctrl-C to stop).")
+        print(f"CURVE: encrypted; clients allowed: {args.curve_clients or 'any with our key'}.")
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+        numbers = itertools.count(1) if args.count is None else range(1, args.count + 1)
+        scheduled = time.monotonic()
+        for number in numbers:
+            if args.interval > 0:
+                scheduled = sleep_until_next(scheduled, args.interval)
+            message = "TIME" + time.asctime()
+            publisher.send_string(message)
+            if args.interval > 0:
+                print(f"Sent {message}")
+            elif number % 100_000 == 0:
+                # Flat out, a line per message would swamp the terminal and slow the loop down.
+                print(f"Sent {number} messages, the last: {message}")
+        if args.interval == 0:
+            print(f"Sent {args.count} messages.")
+        return 0
+
+
+def sleep_until_next(scheduled: float, interval: float) -> float:
+    """Sleep until `interval` after `scheduled`, and return that moment."""
+    # To a schedule, not a fixed pause, so that the rate holds whatever a send costs.
+    scheduled += interval
+    if scheduled < time.monotonic():
+        # After a pause (SIGSTOP, a laptop asleep), start afresh: no burst of missed messages.
+        scheduled = time.monotonic() + interval
+    time.sleep(max(0.0, scheduled - time.monotonic()))
+    return scheduled
+
+
+def set_listen_backlog_and_keepalive(socket: zmq.Socket[bytes]) -> None:
+    """Take a thousand subscribers joining at once, and drop one whose host vanished."""
+    # libzmq's backlog of 100 makes the 101st joiner wait a second to try again.
+    socket.setsockopt(zmq.BACKLOG, 1024)
+    # TCP keepalive: a peer's kernel answers it even while the peer is busy, so only a host
+    # that has gone (unplugged, powered off) is dropped, within about 5 s of going quiet.
+    socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 2)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
+
+
+def load_key(path: str, secret: bool = False) -> bytes:
+    """The public key in a NAME.key file, or the secret one in NAME.key_secret, as
+    zmq.auth.create_certificates writes them."""
+    public_key, secret_key = zmq.auth.load_certificate(path)
+    key = (secret_key if secret else public_key) or b""
+    if len(key) != 40 or not set(key) <= set(zmq.utils.z85.Z85CHARS):
+        raise ValueError(f"{path} holds no {'secret' if secret else 'public'} key")
+    return key
+
+
+@contextlib.contextmanager
+def let_in_only(context: zmq.Context[zmq.Socket[bytes]], folder: "str | None") -> Iterator[None]:
+    """Let in only the clients whose public key file (NAME.key) is in `folder`, or any client."""
+    if folder is not None:
+        zmq.auth.load_certificates(folder)  # Now, for one line that names a bad folder or file.
+    # pyzmq's authenticator answers libzmq's ZAP requests from a thread, and logs each answer.
+    authenticator = zmq.auth.thread.ThreadAuthenticator(context, log=REFUSALS)
+    authenticator.start()
+    authenticator.configure_curve(location=folder or zmq.auth.CURVE_ALLOW_ANY)
+    try:
+        yield
+    finally:
+        authenticator.stop()
+
+
+def stop(signum: int, frame: object) -> None:
+    """Ctrl-C or SIGTERM: stop once; a second signal stays blocked and cannot break the exit."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    raise KeyboardInterrupt
+
+
+def parse_arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Publish-subscribe publisher: broadcast 'TIME' and the current time.",
+        epilog="Other machines cannot reach the default endpoint: pass --bind tcp://*:5556 to "
+        "listen on every interface (see secure/ before you do so on an untrusted network).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--bind", default=DEFAULT_ENDPOINT, metavar="ENDPOINT",
+        help="where to listen: tcp://HOST:PORT, or ipc://PATH",
+    )  # fmt: skip
+    parser.add_argument(
+        "--interval", type=float, default=5.0, metavar="SECONDS",
+        help="pause between messages; 0 publishes as fast as it can, and prints a count every "
+        "100,000 messages instead of each message",
+    )  # fmt: skip
+    parser.add_argument("--count", type=int, metavar="N", help="stop after N (None: never stop)")
+    parser.add_argument("--curve-secret", default="keys/server.key_secret", metavar="FILE")
+    parser.add_argument("--curve-clients", metavar="FOLDER", help="let in only their NAME.key")
+    args = parser.parse_args()
+    if not 0 <= args.interval < float("inf"):
+        parser.error(f"--interval must be a number of seconds, 0 or more, not {args.interval}")
+    if args.count is not None and args.count < 1:
+        parser.error(f"--count must be 1 or more, not {args.count}")
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(main())
