@@ -102,7 +102,7 @@ def printable_bytes(data: bytes, limit: int = 200) -> str:
 
 
 def stop(signum: int, frame: object) -> None:
-    """Ctrl-C or SIGTERM: stop once; a second signal waits, blocked, and cannot break the exit."""
+    """Ctrl-C or SIGTERM: stop once; a second signal stays blocked and cannot break the exit."""
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     raise KeyboardInterrupt
 
