@@ -68,28 +68,19 @@ def request_and_print_replies(args: argparse.Namespace) -> int:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         server = Server(requester, monitor, args.connect)
 
-        for message in args.messages:
-            # The bytes exactly as typed, even ones that are not UTF-8.
-            requester.send(os.fsencode(message))
+        # The bytes exactly as typed, even ones that are not UTF-8; then STOP, to end the server.
+        requests = [os.fsencode(message) for message in args.messages]
+        for request in requests + [b"STOP"] * (not args.no_stop):
+            requester.send(request)
             # A finite wait: with no server, REQ would wait for ever.
-            if not server.replied_within(args.timeout):
+            if server.replied_within(args.timeout):
+                print(f"Received reply {printable(requester.recv_multipart())}")
+            elif request == b"STOP" and server.lost:
+                # The post's server ends on STOP without a reply: its hang-up says it stopped.
+                print("Sent STOP: the server closed the connection.")
+            else:
                 print(server.why_no_reply(args.timeout), file=sys.stderr)
                 return 1
-            print(f"Received reply {printable(requester.recv_multipart())}")
-        if args.no_stop:
-            return 0
-        server.update()
-        if server.lost:
-            print("Not sending STOP: the server has closed the connection.", file=sys.stderr)
-            return 1
-        requester.send(b"STOP")
-        if server.replied_within(args.timeout):
-            print(f"Sent STOP: the server confirmed it ({printable(requester.recv_multipart())}).")
-        elif server.lost:  # The post's server ends on STOP without a reply: its hang-up says it.
-            print("Sent STOP: the server closed the connection.")
-        else:
-            print(f"Sent STOP: no reply, nor a hang-up, in {args.timeout:g} s.", file=sys.stderr)
-            return 1
         return 0
 
 
@@ -102,26 +93,21 @@ class Server:
 
     def replied_within(self, timeout: float) -> bool:
         """True once a reply is there; False after `timeout` s, or once the connection is lost."""
-        deadline = time.monotonic() + timeout
+        deadline, self.lost = time.monotonic() + timeout, False
         while not self.requester.poll(100):  # 0.1 s at a time, to read the monitor in between.
-            self.update()
+            while self.monitor.poll(0):
+                first_frame, _endpoint = self.monitor.recv_multipart()
+                # The event is the first 16 bits (zmq.utils.monitor would cost ~35 ms a start).
+                event = struct.unpack("=H", first_frame[:2])[0]
+                self.cut_off |= bool(event & HANDSHAKE_FAILED)
+                if event & CONNECTION_EVENTS:
+                    self.connected = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+                    self.ever_connected |= self.connected
+                    self.lost |= not self.connected
             # libzmq connects again by itself, but REQ never sends a lost request again.
             if self.lost or time.monotonic() >= deadline:
                 return False
-        self.update()
-        self.lost = False  # From here on, a lost connection is news: it came after this reply.
         return True
-
-    def update(self) -> None:
-        while self.monitor.poll(0):
-            first_frame, _endpoint = self.monitor.recv_multipart()
-            # The event is the first 16 bits (zmq.utils.monitor would cost ~35 ms a start).
-            event = struct.unpack("=H", first_frame[:2])[0]
-            self.cut_off |= bool(event & HANDSHAKE_FAILED)
-            if event & CONNECTION_EVENTS:
-                self.connected = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
-                self.ever_connected |= self.connected
-                self.lost |= not self.connected
 
     def why_no_reply(self, timeout: float) -> str:
         if self.lost:
