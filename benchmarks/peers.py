@@ -259,17 +259,21 @@ def take_all(socket: zmq.Socket[bytes], counts: Counter[bytes]) -> None:
 
 
 def worker(name: str, tasks_endpoint: str, results_endpoint: str, slow: float) -> None:
-    """A pipeline worker like client_pipeline.py whose work takes `slow` times as long."""
+    """A pipeline worker like client_pipeline.py whose work takes `slow` times as long.
+
+    It takes a (run name, workload, task id) task, prints the line client_pipeline.py prints,
+    and sends back (worker name, run name, workload, task id).
+    """
     context = zmq.Context()
     receiver = context.socket(zmq.PULL)
     receiver.connect(tasks_endpoint)
     sender = context.socket(zmq.PUSH)
     sender.connect(results_endpoint)
     while True:
-        run_name, workload_ms = pickle.loads(receiver.recv())
-        print(f"Task from bench: {workload_ms} ms", flush=True)
+        run_name, workload_ms, task_id = pickle.loads(receiver.recv())
+        print(f"Task from {run_name!r}: {workload_ms} ms", flush=True)
         time.sleep(workload_ms * slow / 1000)
-        sender.send(pickle.dumps((name, run_name, workload_ms)))
+        sender.send(pickle.dumps((name, run_name, workload_ms, task_id)))
 
 
 def asking_worker(name: str, endpoint: str, slow: float) -> None:

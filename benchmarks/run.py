@@ -9,7 +9,8 @@ file, against bare-pyzmq peers (benchmarks/peers.py); each figure stands next to
 baseline measured in the same run, or next to its theoretical bound. Script and baseline runs
 alternate (script, bare, script, bare, ...), and each ratio is the median of the ratios of those
 pairs, with the lowest and the highest beside it. Request-reply and publish-subscribe run over
-TCP on 127.0.0.1, as the scripts do by default, on free ports; the pipeline over ipc://.
+TCP on 127.0.0.1, as the scripts do by default, on free ports; the pipeline over ipc://. The CURVE
+rows run the twins in secure/ against the top-level scripts they copy.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ import zmq
 import zmq.auth
 
 ROOT = Path(__file__).resolve().parent.parent
+# The CURVE twins of the top-level scripts: the same script, plus --curve-secret.
+SECURE = "secure"
 PEERS = Path(__file__).resolve().parent / "peers.py"
 DISPATCHER = Path(__file__).resolve().parent / "dispatcher.py"
 SUBSCRIBER_SOCKETS_PER_PROCESS = 250
@@ -306,6 +309,11 @@ class CurveKeys:
         ]  # fmt: skip
 
 
+def script_path(name: str, keys: CurveKeys | None) -> str:
+    """A top-level script, or with CURVE keys its twin in secure/, which takes the key flags."""
+    return f"{SECURE}/{name}" if keys else name
+
+
 def round_trips(
     processes: Processes,
     kind: str,
@@ -313,12 +321,15 @@ def round_trips(
     seconds: float,
     keys: CurveKeys | None = None,
 ) -> dict[str, float]:
-    """`clients` REQ clients against server_req_repl.py or the bare echo, in one common window."""
+    """`clients` REQ clients against server_req_repl.py or the bare echo, in one common window;
+    with `keys`, against secure/server_req_repl.py or the bare echo, with CURVE."""
     endpoint = free_endpoint()
     server_args = keys.server_args() if keys else []
     client_args = keys.client_args() if keys else []
     if kind == "script":
-        server = processes.script("server_req_repl.py", "--bind", endpoint, *server_args)
+        server = processes.script(
+            script_path("server_req_repl.py", keys), "--bind", endpoint, *server_args
+        )
         wait_until_listening(endpoint, server)
     else:
         server = processes.peer("rep-echo", endpoint, *server_args)
@@ -375,11 +386,12 @@ def bench_request_reply(
             )
 
 
-def publisher_argv(kind: str, endpoint: str, count: int, server_args: Sequence[str]) -> list[str]:
+def publisher_argv(kind: str, endpoint: str, count: int, keys: CurveKeys | None) -> list[str]:
+    server_args = keys.server_args() if keys else []
     if kind == "script":
         return [
-            sys.executable, str(ROOT / "server_broadcast.py"), "--bind", endpoint,
-            "--interval", "0", "--count", str(count), *server_args,
+            sys.executable, str(ROOT / script_path("server_broadcast.py", keys)),
+            "--bind", endpoint, "--interval", "0", "--count", str(count), *server_args,
         ]  # fmt: skip
     return [sys.executable, str(PEERS), "pub-loop", endpoint, str(count), *server_args]
 
@@ -398,8 +410,8 @@ def publish_times(
     client_args = keys.client_args() if keys else []
     subscriber = processes.peer("sub-count", endpoint, "1", *client_args, stdin=subprocess.PIPE)
     read_report(subscriber)
-    argv_one = publisher_argv(kind, endpoint, 1, keys.server_args() if keys else [])
-    argv_all = publisher_argv(kind, endpoint, count, keys.server_args() if keys else [])
+    argv_one = publisher_argv(kind, endpoint, 1, keys)
+    argv_all = publisher_argv(kind, endpoint, count, keys)
     # Time 1 message and N messages: the difference leaves out Python's start-up.
     times = time_publisher(processes, argv_one), time_publisher(processes, argv_all)
     processes.stop(subscriber)
@@ -441,24 +453,10 @@ def bench_publish_rate(
     )
 
 
-def has_curve_flags() -> bool:
-    """True if every server script takes --curve-secret (CURVE, issue 9)."""
-    for name in ("server_req_repl.py", "server_broadcast.py"):
-        usage = subprocess.run(
-            [sys.executable, str(ROOT / name), "--help"],
-            capture_output=True,
-            text=True,
-            timeout=WAIT,
-            cwd=ROOT,
-        ).stdout
-        if "--curve-secret" not in usage:
-            return False
-    return zmq.has("curve")
-
-
 def bench_curve(settings: Settings, processes: Processes, folder: Path, results: Results) -> None:
-    if not has_curve_flags():
-        print("CURVE: skipped, the scripts take no --curve-secret yet.", file=sys.stderr)
+    """secure/server_req_repl.py and secure/server_broadcast.py against the plain originals."""
+    if not zmq.has("curve"):
+        print("CURVE: skipped, this libzmq was built without CURVE.", file=sys.stderr)
         results.skipped.append("curve")
         return
     keys = CurveKeys(folder / "keys")
@@ -467,7 +465,8 @@ def bench_curve(settings: Settings, processes: Processes, folder: Path, results:
     rates: dict[str, list[float]] = {"plain": [], "curve": []}
     for pair in range(pairs):
         for kind in ("plain", "curve"):
-            progress(f"request-reply: script server, {kind}, 1 client, pair {pair + 1}/{pairs}")
+            server = script_path("server_req_repl.py", keys if kind == "curve" else None)
+            progress(f"request-reply: {server}, 1 client, pair {pair + 1}/{pairs}")
             run = round_trips(
                 processes, "script", 1, pair_seconds, keys if kind == "curve" else None
             )
@@ -475,10 +474,10 @@ def bench_curve(settings: Settings, processes: Processes, folder: Path, results:
     ratios = [curve / plain for curve, plain in zip(rates["curve"], rates["plain"])]
     results.rows.append(
         Row(
-            "request-reply with CURVE, 1 client: round trips/s",
+            f"request-reply with CURVE ({SECURE}/server_req_repl.py), 1 client: round trips/s",
             statistics.median(rates["curve"]),
             statistics.median(rates["plain"]),
-            "the same, without CURVE",
+            "server_req_repl.py, without CURVE",
             unit="/s",
             note=paired_note(ratios) + f", {pair_seconds:g} s each",
             paired_ratios=ratios,
@@ -488,7 +487,8 @@ def bench_curve(settings: Settings, processes: Processes, folder: Path, results:
     times: dict[str, list[tuple[float, float]]] = {"plain": [], "curve": []}
     for pair in range(pairs):
         for kind in ("plain", "curve"):
-            progress(f"publish rate: script publisher, {kind}, pair {pair + 1}/{pairs}")
+            publisher = script_path("server_broadcast.py", keys if kind == "curve" else None)
+            progress(f"publish rate: {publisher}, {count} messages, pair {pair + 1}/{pairs}")
             times[kind].append(
                 publish_times(processes, "script", count, keys if kind == "curve" else None)
             )
@@ -496,10 +496,11 @@ def bench_curve(settings: Settings, processes: Processes, folder: Path, results:
     ratios = [curve / plain for curve, plain in zip(publish["curve"], publish["plain"])]
     results.rows.append(
         Row(
-            "publish-subscribe with CURVE: messages published/s, --interval 0",
+            f"publish-subscribe with CURVE ({SECURE}/server_broadcast.py): messages "
+            "published/s, --interval 0",
             statistics.median(publish["curve"]),
             statistics.median(publish["plain"]),
-            "the same, without CURVE",
+            "server_broadcast.py, without CURVE",
             unit="/s",
             note=paired_note(ratios),
             paired_ratios=ratios,
@@ -732,17 +733,18 @@ def pipeline_run(
                     "worker", f"w{number}", tasks, results_endpoint, "--slow", str(slow[number])
                 )
             )
-    summary = run_to_exit(ventilator)
-    makespan = float(re.search(r"^Elapsed: (\d+\.\d+) s", summary, re.MULTILINE)[1])  # type: ignore[index]
+    makespan, tasks_per_worker = read_summary(run_to_exit(ventilator))
     workloads: list[list[int]] = []
     for process in worker_processes:
         # SIGTERM, not SIGKILL: the worker exits cleanly and flushes what it printed.
         process.terminate()
         output, _ = process.communicate(timeout=30)
         processes.stop(process)
-        workloads.append(
-            [int(match) for match in re.findall(r"^Task from \S+: (\d+) ms$", output, re.MULTILINE)]
-        )
+        workloads.append([int(ms) for ms in re.findall(r"^Task from .+: (\d+) ms$", output, re.M)])
+    # The sink's count of each worker's results against the tasks that worker says it did.
+    said = {f"w{number}": len(done) for number, done in enumerate(workloads) if done}
+    if said != tasks_per_worker:
+        raise RuntimeError(f"the sink counted {tasks_per_worker}, the workers said {said}")
     factors = slow or [1.0] * workers
     work_ms = [sum(done) for done in workloads]
     total = sum(work_ms) / 1000
@@ -754,6 +756,22 @@ def pipeline_run(
         "total": total,
         "workloads": workloads,
     }
+
+
+def read_summary(summary: str) -> tuple[float, dict[str, int]]:
+    """The elapsed seconds and the results per worker in server_pipeline.py's summary:
+
+    All 100 results in.
+      'w0': 34 tasks
+      ...
+    Elapsed: 1.83 s (ideal with 3 equal workers: 1.73 s)
+    """
+    elapsed = re.search(r"^Elapsed: (\d+\.\d+) s", summary, re.M)
+    if elapsed is None:
+        raise RuntimeError(f"no 'Elapsed:' line in server_pipeline.py's summary:\n{summary}")
+    # Names are printed with repr(); ours are plain (w0, w1...), so the quotes are all there is.
+    per_worker = re.findall(r"^  '([^']*)': (\d+) tasks$", summary, re.M)
+    return float(elapsed[1]), {name: int(count) for name, count in per_worker}
 
 
 def dispatcher_run(
