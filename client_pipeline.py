@@ -31,12 +31,10 @@ import zmq
 
 DEFAULT_TASKS_ENDPOINT = "tcp://127.0.0.1:5557"
 DEFAULT_RESULTS_ENDPOINT = "tcp://127.0.0.1:5558"
-MAX_MESSAGE_BYTES = 4096
-MAX_WORKLOAD_MS = 10_000
 PLAIN_DATA_OPCODES = {
-    "PROTO", "FRAME", "STOP", "MARK", "TUPLE", "TUPLE2", "TUPLE3", "SHORT_BINUNICODE",
-    "BINUNICODE", "BININT", "BININT1", "BININT2", "MEMOIZE", "BINPUT", "BINGET",
-}  # fmt: skip
+    "PROTO", "FRAME", "STOP", "MARK", "TUPLE", "TUPLE2", "TUPLE3", "BINPUT", "BINGET", "MEMOIZE",
+    "SHORT_BINUNICODE", "BINUNICODE", "BININT", "BININT1", "BININT2"}  # fmt: skip
+LINK_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
@@ -63,12 +61,11 @@ def work(args: argparse.Namespace) -> int:
         zmq.Context() as context,
         context.socket(zmq.PULL) as receiver,
         context.socket(zmq.PUSH) as sender,
-        receiver.get_monitor_socket(Connection.EVENTS) as receiver_monitor,
-        sender.get_monitor_socket(Connection.EVENTS) as sender_monitor,
+        receiver.get_monitor_socket(LINK_EVENTS) as monitor,
     ):
         for socket in (receiver, sender):
             # Tasks and results are tiny: a bigger frame is not from our ventilator or sink.
-            socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+            socket.setsockopt(zmq.MAXMSGSIZE, 4096)
             # TCP keepalive drops a peer whose host vanished without a goodbye, within about 5 s.
             socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
             socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 2)
@@ -82,16 +79,13 @@ def work(args: argparse.Namespace) -> int:
         except (zmq.ZMQError, UnicodeError) as error:
             print(f"Cannot connect: {error}", file=sys.stderr)
             return 1
-        print(f"Worker {args.name}: tasks from {args.connect}, results to {args.results}.")
-        print("Waiting for tasks (Ctrl-C to stop).")
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        ventilator = Connection(receiver, receiver_monitor, args.connect)
-        sink = Connection(sender, sender_monitor, args.results)
+        print(f"Worker {args.name} waits for tasks from {args.connect} (Ctrl-C to stop).")
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])  # Ctrl-C and SIGTERM stop it from here on.
+        ventilator = Connection(receiver, monitor, args.connect)
 
         while True:
-            ventilator.update()
-            sink.update()
-            if not receiver.poll(100):  # 0.1 s at a time, to read the monitors in between.
+            if not receiver.poll(100):  # 0.1 s at a time, to read the monitor in between.
+                ventilator.update()
                 continue
             try:
                 run_name, workload_ms, task_id = load_task(receiver.recv_multipart())
@@ -104,14 +98,12 @@ def work(args: argparse.Namespace) -> int:
                 continue
             print(f"Task from {run_name!r}: {workload_ms} ms")  # repr escapes terminal codes.
             time.sleep(workload_ms / 1000)
-            result = (args.name, run_name, workload_ms, task_id)
-            sender.send(pickle.dumps(result if task_id is not None else result[:3]))
+            result = (args.name, run_name, workload_ms, task_id)[: 3 if task_id is None else 4]
+            sender.send(pickle.dumps(result))
 
 
 class Connection:
     """A connecting socket's link to its peer, as the socket monitor reports it."""
-
-    EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
 
     def __init__(self, socket: zmq.Socket[bytes], monitor: zmq.Socket[bytes], endpoint: str):
         self.socket, self.monitor, self.endpoint = socket, monitor, endpoint
@@ -136,8 +128,7 @@ class Connection:
 def load_task(frames: list[bytes]) -> tuple[str, int, "int | None"]:
     """(run name, workload in ms, task id or None) from a task message, or raise ValueError."""
     data = frames[0] if len(frames) == 1 else b""
-    # Only tuples, strings and small integers: other opcodes call functions (os.system), build
-    # objects, or allocate gigabytes (LONG_BINPUT). Refused before anything is loaded.
+    # Tuples, strings and small integers only: other opcodes run code, or allocate gigabytes.
     try:
         opcodes = {opcode.name for opcode, _argument, _position in pickletools.genops(data)}
         task = pickle.loads(data) if opcodes <= PLAIN_DATA_OPCODES else None
@@ -145,14 +136,12 @@ def load_task(frames: list[bytes]) -> tuple[str, int, "int | None"]:
         raise ValueError("not one frame of pickle") from None
     if isinstance(task, tuple) and len(task) == 2:
         task += (None,)  # The post's tasks have no id.
-    if not (isinstance(task, tuple) and len(task) == 3 and isinstance(task[0], str)) or not (
-        task[2] is None or isinstance(task[2], int)
-    ):
+    kinds = [type(value) for value in task] if isinstance(task, tuple) else []
+    if not isinstance(task, tuple) or kinds not in ([str, int, int], [str, int, type(None)]):
         raise ValueError("expected a pickled (name, workload, task id) of plain data")
-    run_name, workload_ms, task_id = task
-    if not (isinstance(workload_ms, int) and 0 <= workload_ms <= MAX_WORKLOAD_MS):
-        raise ValueError(f"expected a workload of 0 to {MAX_WORKLOAD_MS:,} ms")
-    return run_name, workload_ms, task_id
+    if not 0 <= task[1] <= 10_000:
+        raise ValueError("expected a workload of 0 to 10,000 ms")
+    return task
 
 
 def stop(signum: int, frame: object) -> None:
