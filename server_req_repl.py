@@ -61,7 +61,7 @@ def serve(args: argparse.Namespace) -> int:
             print(f"Cannot bind: {error}", file=sys.stderr)
             return 1
         print(f"Request-reply server on {args.bind}. Waiting for requests (Ctrl-C to stop).")
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])  # Ctrl-C and SIGTERM stop it from here on.
 
         while True:
             # A Frame (copy=False) says whether more frames follow; none is kept.

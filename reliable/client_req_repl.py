@@ -66,7 +66,7 @@ def request_and_print_replies(args: argparse.Namespace) -> int:
         except (zmq.ZMQError, UnicodeError) as error:
             print(f"Cannot connect: {error}", file=sys.stderr)
             return 1
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])  # Ctrl-C and SIGTERM stop it from here on.
         server = Server(requester, monitor, args.connect)
 
         # The bytes exactly as typed, even ones that are not UTF-8; then STOP, to end the server.

@@ -90,7 +90,7 @@ def ventilate_and_collect(args: argparse.Namespace) -> int:
             print(f"Cannot bind: {error}", file=sys.stderr)
             return 1
         print(f"Ventilator on {args.bind}, sink on {args.results} (Ctrl-C to stop).")
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])  # Ctrl-C and SIGTERM stop it from here on.
         workers = Workers(monitor)
         workers.wait_for(args.workers)
 

@@ -84,7 +84,7 @@ def print_messages(args: argparse.Namespace) -> int:
             return 1
         # Without a subscription a SUB socket receives nothing at all. The bytes as typed.
         subscriber.subscribe(os.fsencode(args.topic))
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])  # Ctrl-C and SIGTERM stop it from here on.
         publisher = Connection(subscriber, monitor, args.connect)
         publisher.our_key = public_key.decode()
         print(

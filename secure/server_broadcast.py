@@ -83,7 +83,7 @@ def publish(args: argparse.Namespace) -> int:
             return 1
         print(f"Publishing on {args.bind} every {args.interval:g} s (Ctrl-C to stop).")
         print(f"CURVE: encrypted; clients allowed: {args.curve_clients or 'any with our key'}.")
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])  # Ctrl-C and SIGTERM stop it from here on.
 
         numbers = itertools.count(1) if args.count is None else range(1, args.count + 1)
         scheduled = time.monotonic()

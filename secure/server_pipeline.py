@@ -108,7 +108,7 @@ def ventilate_and_collect(args: argparse.Namespace) -> int:
             return 1
         print(f"Ventilator on {args.bind}, sink on {args.results} (Ctrl-C to stop).")
         print(f"CURVE: encrypted; workers allowed: {args.curve_clients or 'any with our key'}.")
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])  # Ctrl-C and SIGTERM stop it from here on.
         workers = Workers(monitor)
         workers.wait_for(args.workers)
 
