@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib.util
 import os
@@ -296,6 +297,10 @@ def endpoints() -> Iterator[Endpoints]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+# What client_pipeline.py prints once it is connecting and set up to take tasks.
+WORKER_READY = r"^Worker .* waits for tasks from "
+
+
 class Pipeline:
     """The two endpoints of one pipeline run, and its two scripts started on them."""
 
@@ -315,7 +320,7 @@ class Pipeline:
     def worker(self, *args: str, env: dict[str, str] | None = None) -> Process:
         """client_pipeline.py, once it is waiting for tasks."""
         process = self._start_worker(*args, env=env)
-        process.expect(r"^Waiting for tasks")
+        process.expect(WORKER_READY)
         return process
 
     def workers(self, *names: str) -> list[Process]:
@@ -323,7 +328,7 @@ class Pipeline:
         each is waiting for tasks."""
         processes = [self._start_worker(name) for name in names]
         for process in processes:
-            process.expect(r"^Waiting for tasks")
+            process.expect(WORKER_READY)
         return processes
 
     def _start_worker(self, *args: str, env: dict[str, str] | None = None) -> Process:
@@ -339,9 +344,13 @@ class Pipeline:
         tasks = context.socket(zmq.PUSH)
         tasks.setsockopt(zmq.SNDTIMEO, int(WAIT * 1000))
         tasks.bind(self.tasks)
+        return tasks, self.play_sink(context)
+
+    def play_sink(self, context: zmq.Context[zmq.Socket[bytes]]) -> zmq.Socket[bytes]:
+        """A bare PULL socket bound on the results endpoint, for a test that plays the sink."""
         results = context.socket(zmq.PULL)
         results.bind(self.results)
-        return tasks, results
+        return results
 
     def play_worker(
         self, context: zmq.Context[zmq.Socket[bytes]]
@@ -360,11 +369,10 @@ def pipeline(launch: Launcher, endpoints: Endpoints) -> Pipeline:
 
 
 def tasks_per_worker(ventilator: Process) -> dict[str, int]:
-    """The ventilator's closing summary: how many tasks each worker completed."""
-    return {
-        match[1]: int(match[2])
-        for match in re.finditer(r"^  (\S+): (\d+) tasks$", ventilator.stdout, re.MULTILINE)
-    }
+    """The ventilator's closing summary: how many tasks each worker completed. It prints each
+    name as a string literal (repr), which literal_eval reads back."""
+    summary = re.finditer(r"^  ('.*'|\".*\"): (\d+) tasks$", ventilator.stdout, re.MULTILINE)
+    return {ast.literal_eval(match[1]): int(match[2]) for match in summary}
 
 
 @pytest.fixture
