@@ -423,9 +423,10 @@ def zmtp_greeting(mechanism: bytes, as_server: bool = False) -> bytes:
     return signature + b"\x03\x00" + mechanism.ljust(20, b"\x00") + bytes([as_server]) + bytes(31)
 
 
-def zmtp_handshake(connection: socket.socket, socket_type: bytes) -> None:
+def zmtp_handshake(connection: socket.socket, socket_type: bytes, then: bytes = b"") -> None:
     """Speak a ZMTP 3.0 NULL handshake by hand on a TCP connection, as `socket_type`: what a
-    hostile peer does to reach past what pyzmq would let it send."""
+    hostile peer does to reach past what pyzmq would let it send. `then` goes out in the same
+    send as the handshake's last command, so that it arrives with it."""
     connection.settimeout(WAIT)
     connection.sendall(zmtp_greeting(b"NULL"))
     received = b""
@@ -434,7 +435,7 @@ def zmtp_handshake(connection: socket.socket, socket_type: bytes) -> None:
         assert chunk, "the peer closed the connection during the greeting"
         received += chunk
     ready = b"\x05READY\x0bSocket-Type" + struct.pack(">I", len(socket_type)) + socket_type
-    connection.sendall(b"\x04" + bytes([len(ready)]) + ready)
+    connection.sendall(b"\x04" + bytes([len(ready)]) + ready + then)
 
 
 def zmtp_frame(body: bytes, more: bool = False) -> bytes:
