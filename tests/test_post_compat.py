@@ -65,8 +65,12 @@ def test_post_worker_against_our_ventilator(launch: Launcher, pipeline: Pipeline
 
     post_worker = launch.post_peer("client_pipeline.py", "post-worker", pipeline.tasks)
 
-    for _ in range(100):
-        post_worker.expect(r"^\('ventilator-[0-9a-f]{6}', \d+\)$")
+    # Each task is printed as it comes: (name, workload, task id), the ids 1 to 100.
+    task_ids = [
+        int(post_worker.expect(r"^\('ventilator-[0-9a-f]{6}', \d+, (\d+)\)$")[1])
+        for _ in range(100)
+    ]
+    assert sorted(task_ids) == list(range(1, 101))
     # The post's worker sends no results, and the sink says so rather than waiting for ever.
     assert ventilator.wait() == 1, ventilator.describe()
     ventilator.expect(r"100 of 100 results missing", stream="stderr")
@@ -82,4 +86,4 @@ def test_our_worker_against_post_ventilator(launch: Launcher, pipeline: Pipeline
     launch.post_peer("server_pipeline.py", "post", pipeline.tasks)
 
     for _ in range(100):
-        worker.expect(r"^Task from post: \d+ ms$")
+        worker.expect(r"^Task from 'post': \d+ ms$")
