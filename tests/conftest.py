@@ -123,9 +123,11 @@ class Process:
         return "\n".join(self.lines["stderr"])
 
     def describe(self) -> str:
-        return (
+        text = (
             f"{' '.join(self.argv)}\n--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
         )
+        # An argument that is not UTF-8 would make the report unsendable to pytest-xdist.
+        return text.encode("utf-8", "backslashreplace").decode()
 
     def expect(self, pattern: str, stream: str = "stdout", timeout: float = WAIT) -> re.Match[str]:
         """Wait for the next line matching `pattern`, past the lines earlier calls consumed."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import time
@@ -100,7 +101,7 @@ def test_worker_started_before_the_ventilator_connects_when_it_is_up(
     ventilator = pipeline.ventilator("--workers", "1", "--tasks", "5")
 
     assert ventilator.wait() == 0, ventilator.describe()
-    ventilator.expect(r"^  early: 5 tasks$")
+    ventilator.expect(r"^  'early': 5 tasks$")
 
 
 def test_a_worker_killed_mid_run_is_reported_as_missing_results(pipeline: Pipeline) -> None:
@@ -153,7 +154,10 @@ def test_ventilator_with_its_results_port_taken_says_so_in_one_line(
     assert ventilator.lines["stderr"] == [f"Cannot bind: Address already in use (addr='{taken}')"]
 
 
-@pytest.mark.parametrize("script", [*SERVERS, "client_req_repl.py", "client_broadcast.py"])
+CLIENTS = ["client_req_repl.py", "client_broadcast.py", "client_pipeline.py"]
+
+
+@pytest.mark.parametrize("script", [*SERVERS, *CLIENTS])
 def test_a_malformed_endpoint_is_one_line_not_a_traceback(launch: Launcher, script: str) -> None:
     option = "--bind" if script.startswith("server") else "--connect"
     process = launch.script(script, option, "tcp//no-scheme:5555")
@@ -162,3 +166,28 @@ def test_a_malformed_endpoint_is_one_line_not_a_traceback(launch: Launcher, scri
     assert len(process.lines["stderr"]) == 1
     assert process.lines["stderr"][0].startswith("Cannot ")
     assert "tcp//no-scheme:5555" in process.stderr
+
+
+@pytest.mark.parametrize(
+    ("script", "option"),
+    [
+        *[(server, "--bind") for server in SERVERS],
+        ("server_pipeline.py", "--results"),
+        *[(client, "--connect") for client in CLIENTS],
+        ("client_pipeline.py", "--results"),
+    ],
+)
+def test_an_endpoint_that_is_not_utf8_is_one_line_not_a_traceback(
+    launch: Launcher, endpoints: Endpoints, script: str, option: str
+) -> None:
+    # A path typed in a terminal whose encoding is not UTF-8: libzmq takes endpoints in UTF-8.
+    endpoint = os.fsdecode(os.fsencode(endpoints.ipc("caf")) + b"\xe9")
+    # The pipeline's other endpoint is a good one (the last of an option given twice counts).
+    first = "--bind" if script.startswith("server") else "--connect"
+    good = [first, endpoints.ipc("tasks"), "--results", endpoints.ipc("results")]
+    process = launch.script(script, *good * ("pipeline" in script), option, endpoint)
+
+    assert process.wait() == 1, process.describe()
+    verb = "bind" if script.startswith("server") else "connect"
+    [line] = process.lines["stderr"]
+    assert line.startswith(f"Cannot {verb}: ") and "\\udce9" in line, process.describe()
