@@ -406,14 +406,19 @@ def publish_until(
         time.sleep(0.02)
 
 
+def next_event(monitor: zmq.Socket[bytes]) -> int:
+    """The event a socket monitor reports next, once one is waiting."""
+    # The event is the first 16 bits of the first frame (zmq.utils.monitor would bring in
+    # asyncio, which every one of the suite's workers would then import).
+    event: int = struct.unpack("=H", monitor.recv_multipart()[0][:2])[0]
+    return event
+
+
 def wait_for_event(monitor: zmq.Socket[bytes], event: int, timeout: float = WAIT) -> None:
     """Wait until a socket monitor reports `event`, skipping the others."""
     deadline = time.monotonic() + timeout
     while (remaining := deadline - time.monotonic()) > 0:
-        arrived = monitor.poll(int(remaining * 1000))
-        # The event is the first 16 bits of the first frame (zmq.utils.monitor would bring in
-        # asyncio, which every one of the suite's workers would then import).
-        if arrived and struct.unpack("=H", monitor.recv_multipart()[0][:2])[0] == event:
+        if monitor.poll(int(remaining * 1000)) and next_event(monitor) == event:
             return
     raise AssertionError(f"no {zmq.Event(event).name} event within {timeout:g} s")
 

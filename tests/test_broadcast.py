@@ -15,9 +15,9 @@ from conftest import (
     Endpoints,
     Launcher,
     load_script,
+    next_event,
     publish_until,
     receive,
-    wait_for_event,
 )
 
 Context = zmq.Context[zmq.Socket[bytes]]
@@ -268,16 +268,32 @@ def test_after_a_pause_the_next_message_is_due_a_whole_interval_later(
     publisher = load_script("server_broadcast.py")
     clock = FakeClock(now=100.0)
     monkeypatch.setattr(publisher, "time", clock)
-    no_monitor = publisher.Refusals(None, curve=False)
 
     # On schedule: it sleeps until one interval after the last message.
-    assert publisher.sleep_until_next(99.98, 0.05, no_monitor) == pytest.approx(100.03)
+    assert publisher.sleep_until_next(99.98, 0.05) == pytest.approx(100.03)
     assert clock.now == pytest.approx(100.03)
 
     # Stopped for a second, twenty messages fell due: not one of them is caught up on.
     clock.now = 101.03
-    assert publisher.sleep_until_next(100.03, 0.05, no_monitor) == pytest.approx(101.08)
+    assert publisher.sleep_until_next(100.03, 0.05) == pytest.approx(101.08)
     assert clock.now == pytest.approx(101.08)
+
+
+def kept_or_dropped(subscriber: zmq.Socket[bytes], monitor: zmq.Socket[bytes]) -> str:
+    """Whether a SUB socket, subscribed last of all to TIME, gets a message ("kept") or is
+    dropped ("dropped") first: the publisher reads a connection's subscriptions in order, so a
+    message that matches the last one says it took them all."""
+    poller = zmq.Poller()
+    poller.register(subscriber, zmq.POLLIN)
+    poller.register(monitor, zmq.POLLIN)
+    deadline = time.monotonic() + WAIT
+    while (remaining := deadline - time.monotonic()) > 0:
+        ready = dict(poller.poll(round(remaining * 1000)))
+        if monitor in ready and next_event(monitor) == zmq.EVENT_DISCONNECTED:
+            return "dropped"
+        if subscriber in ready:
+            return "kept"
+    raise AssertionError(f"neither a message nor a disconnection within {WAIT:g} s")
 
 
 def test_a_subscription_over_the_publishers_limit_drops_only_that_subscriber(
@@ -286,13 +302,38 @@ def test_a_subscription_over_the_publishers_limit_drops_only_that_subscriber(
     endpoint = endpoints.tcp()
     publisher = launch.script("server_broadcast.py", "--bind", endpoint, "--interval", "0.05")
     publisher.expect(READY)
-    greedy = context.socket(zmq.SUB)
-    monitor = greedy.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-    greedy.connect(endpoint)
-    greedy.subscribe(b"T" * 10_000)
+    outcomes: dict[int, str] = {}
+    # Our subscriber refuses a topic over 4,000 bytes: one that long is kept, one over is not.
+    for topic_bytes in (4_000, 4_100):
+        bare = context.socket(zmq.SUB)
+        monitor = bare.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        bare.connect(endpoint)
+        bare.subscribe(b"T" * topic_bytes)
+        bare.subscribe(b"TIME")
+        outcomes[topic_bytes] = kept_or_dropped(bare, monitor)
+    assert outcomes == {4_000: "kept", 4_100: "dropped"}
 
-    wait_for_event(monitor, zmq.EVENT_DISCONNECTED)
     subscriber = launch.script("client_broadcast.py", "--connect", endpoint, "--count", "2")
 
     assert subscriber.wait() == 0, subscriber.describe()
     assert publisher.popen.poll() is None
+
+
+def test_our_subscriber_with_the_longest_topic_it_takes_receives_its_messages(
+    launch: Launcher, endpoints: Endpoints, context: Context
+) -> None:
+    # An XPUB is a PUB that also hands over each subscription: the whole topic must come.
+    publisher = context.socket(zmq.XPUB)
+    publisher.bind(endpoints.ipc("pubsub"))
+    topic = "T" * 4_000
+    subscriber = launch.script(
+        "client_broadcast.py", "--connect", endpoints.ipc("pubsub"), "--topic", topic,
+        "--count", "1",
+    )  # fmt: skip
+    assert receive(publisher) == [b"\x01" + topic.encode()]
+
+    publisher.send(topic.encode() + b" news")
+
+    assert subscriber.wait() == 0, subscriber.describe()
+    # Printed cut to 300 characters, as every message is.
+    assert subscriber.lines["stdout"][1:] == ["T" * 300 + "..."]
