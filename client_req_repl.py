@@ -110,11 +110,11 @@ class Server:
         return True
 
     def why_no_reply(self, timeout: float) -> str:
+        if not self.ever_connected and self.cut_off:
+            return f"No reply from {self.endpoint}: it cut off the handshake. Does it use CURVE?"
         if self.lost:
             return f"No reply from {self.endpoint}: the connection was lost (server stopped?)."
         waited = f"No reply from {self.endpoint} within {timeout:g} s"
-        if not self.ever_connected and self.cut_off:
-            return f"{waited}: the server cut off every handshake. Does it use CURVE (secure/)?"
         if not self.ever_connected:
             return f"{waited}. Is the server running? Start it with: uv run server_req_repl.py"
         if not self.connected:

@@ -129,13 +129,13 @@ class Server:
         return True
 
     def why_no_reply(self, timeout: float) -> str:
+        if not self.ever_connected and self.cut_off:
+            return f"No reply from {self.endpoint}: it cut off the handshake. Wrong key, no CURVE?"
         if self.lost:
             return f"No reply from {self.endpoint}: the connection was lost (server stopped?)."
         waited = f"No reply from {self.endpoint} within {timeout:g} s"
-        if not self.ever_connected and self.cut_off:
-            return f"{waited}: the server cut off every handshake. Does it use CURVE, and this key?"
         if not self.ever_connected:
-            return f"{waited}. Is the server running? Start it with: uv run server_req_repl.py"
+            return f"{waited}. Is the server running? Start it: uv run secure/server_req_repl.py"
         if not self.connected:
             return f"{waited}: the server had hung up, and nothing has answered since."
         return f"{waited}: the server is connected but has not answered."
