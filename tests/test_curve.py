@@ -1,9 +1,10 @@
-"""CURVE: each pair encrypted, each server proven by its key, unknown clients refused."""
+"""secure/: each pair with CURVE. Encrypted, each server proven by its key, strangers refused,
+and a refusal named on both sides by the key it refused."""
 
 from __future__ import annotations
 
-import contextlib
 import os
+import pickle
 import re
 import shlex
 import shutil
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,45 +23,31 @@ import zmq
 import zmq.auth
 
 from conftest import (
+    ROOT,
     WAIT,
+    WORKER_READY,
     Endpoints,
     Launcher,
-    Pipeline,
     Process,
+    receive,
     tasks_per_worker,
-    wait_for_event,
     zmtp_greeting,
 )
 
-REFUSED_KEY = r"^The server at \S+ refused this client's key \(ZAP status 400\)"
-CLIENT_HAS_NO_CURVE = r"disagree on security: the server uses CURVE; pass --curve-server"
-SERVER_HAS_NO_CURVE = r"disagree on security: this client uses CURVE and the server does not\.$"
-# When the server hangs up first each time (likelier the busier the machine), the client never
-# learns why: its timeout line, or the worker's hint, then names the mismatch as a possibility.
-CLIENT_HAS_NO_CURVE_OR_CUT_OFF = (
-    rf"{CLIENT_HAS_NO_CURVE}|cut off every handshake( for 2 s)?[.:] [Ii]f it uses CURVE, pass "
-    r"--curve-server"
-)
-SERVER_HAS_NO_CURVE_OR_CUT_OFF = (
-    rf"{SERVER_HAS_NO_CURVE}|cut off every (CURVE )?handshake.*does (it|the server) use CURVE\?"
-)
-# Short: where the mismatch stays hidden, the timeout line is the truth too. Each exact line is
-# made certain by the tests with a raw peer that never hangs up first (offer_and_wait_for_hang_up).
-MISMATCH_TIMEOUT = "1"
-# Each side learns of a mismatch when it reads the other's greeting; the side that reads first
-# hangs up, and the other then sees only a connection that ended: either line is the truth.
-SERVER_SAW_NO_CURVE = (
-    r"^(Refused a connection: the client does not use CURVE \(it needs --curve-server\)\."
-    r"|A connection ended during its handshake \(.+\): if it was a client, does it use CURVE, "
-    r"with this server's key\?)$"
-)
-SERVER_SAW_CURVE = (
-    r"^(Refused a connection: the client uses CURVE and this server does not \(start it with "
-    r"--curve-secret\)\.|A connection ended during its handshake \(.+\): if it was a client, "
-    r"does it use CURVE\? This server does not\.)$"
-)
+Context = zmq.Context[zmq.Socket[bytes]]
+
 # Long enough that a client which only gave up at its timeout fails the test's wait.
 NEVER = str(10 * WAIT)
+SECURE_SERVERS = [
+    "secure/server_req_repl.py",
+    "secure/server_broadcast.py",
+    "secure/server_pipeline.py",
+]
+SECURE_CLIENTS = [
+    "secure/client_req_repl.py",
+    "secure/client_broadcast.py",
+    "secure/client_pipeline.py",
+]
 
 
 @dataclass
@@ -74,10 +62,15 @@ class Keys:
     def secret(self, name: str) -> str:
         return str(self.folder / f"{name}.key_secret")
 
+    def z85(self, name: str) -> str:
+        """NAME's public key, as the scripts print it."""
+        public_key, _ = zmq.auth.load_certificate(self.public(name))
+        return public_key.decode()
+
     @property
     def allowed(self) -> str:
-        """The server's allow-list: the public key file of the client named "client" only."""
-        return str(self.folder / "allowed")
+        """The servers' allow-list: the public key file of the client named "client" only."""
+        return str(self.folder / "clients")
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +78,8 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     folder = tmp_path_factory.mktemp("keys")
     for name in ("server", "client", "stranger", "impostor"):
         zmq.auth.create_certificates(folder, name)
-        (folder / f"{name}.key_secret").chmod(0o600)
-    (folder / "allowed").mkdir()
-    shutil.copy(folder / "client.key", folder / "allowed" / "client.key")
+    (folder / "clients").mkdir()
+    shutil.copy(folder / "client.key", folder / "clients" / "client.key")
     return Keys(folder)
 
 
@@ -99,148 +91,104 @@ def client_with_keys(keys: Keys, name: str = "client") -> tuple[str, ...]:
     return ("--curve-server", keys.public("server"), "--curve-secret", keys.secret(name))
 
 
-# Request-reply
+def refused_line(endpoint_pattern: str, key: str) -> str:
+    """The client's one line when the server's allow-list refuses its key."""
+    return rf"^The server at ({endpoint_pattern}) refused our key {re.escape(key)}\.$"
 
 
-def reply_server(launch: Launcher, endpoint: str, *args: str) -> Process:
-    server = launch.script("server_req_repl.py", "--bind", endpoint, *args)
+def denied_line(key: str) -> str:
+    """The server's line for the same refusal: pyzmq's authenticator log, which names the key."""
+    return rf"^Refused a client: DENIED \(CURVE\) domain=\S* client_key=b'{re.escape(key)}'$"
+
+
+def with_curve(socket: zmq.Socket[bytes], keys: Keys, name: str = "client") -> None:
+    """Make a bare socket a CURVE client of our server, with NAME's key pair."""
+    server_key, _ = zmq.auth.load_certificate(keys.public("server"))
+    public_key, secret_key = zmq.auth.load_certificate(keys.secret(name))
+    assert secret_key is not None
+    socket.curve_serverkey = server_key
+    socket.curve_publickey, socket.curve_secretkey = public_key, secret_key
+
+
+def reply_server(
+    launch: Launcher, endpoint: str, *args: str, script: str = "secure/server_req_repl.py"
+) -> Process:
+    server = launch.script(script, "--bind", endpoint, *args)
     server.expect(r"^Request-reply server on .*Waiting for requests")
     return server
+
+
+def publisher(
+    launch: Launcher, endpoint: str, *args: str, script: str = "secure/server_broadcast.py"
+) -> Process:
+    server = launch.script(script, "--bind", endpoint, "--interval", "0.05", *args)
+    server.expect(r"^Publishing on ")
+    return server
+
+
+def ventilator(
+    launch: Launcher,
+    tasks: str,
+    results: str,
+    *args: str,
+    script: str = "secure/server_pipeline.py",
+) -> Process:
+    server = launch.script(script, "--bind", tasks, "--results", results, *args)
+    server.expect(r"^Ventilator on ")
+    return server
+
+
+def worker(
+    launch: Launcher,
+    tasks: str,
+    results: str,
+    *args: str,
+    script: str = "secure/client_pipeline.py",
+) -> Process:
+    """A worker, once it says it waits for tasks (before any handshake)."""
+    process = launch.script(script, *args, "--connect", tasks, "--results", results)
+    process.expect(WORKER_READY)
+    return process
+
+
+def twin(script: str, curve: bool) -> str:
+    """The secure/ twin of a top-level script, or the script itself as the plaintext control."""
+    return f"secure/{script}" if curve else script
+
+
+def bound(script: str, endpoints: Endpoints, name: str = "main") -> tuple[str, ...]:
+    """The arguments that bind a server script on fresh ipc endpoints."""
+    if script.endswith("server_pipeline.py"):
+        return ("--bind", endpoints.ipc(name), "--results", endpoints.ipc(f"{name}-results"))
+    return ("--bind", endpoints.ipc(name))
+
+
+# With keys on both sides, each pair does what it does without them.
 
 
 def test_request_reply_with_keys_on_both_sides_works_as_without(
     launch: Launcher, endpoints: Endpoints, keys: Keys
 ) -> None:
-    endpoint = endpoints.tcp()
+    plain_endpoint, endpoint = endpoints.tcp(), endpoints.tcp()
+    plain_server = reply_server(launch, plain_endpoint, script="server_req_repl.py")
+    plain_client = launch.script("client_req_repl.py", "--connect", plain_endpoint, "one", "two")
     server = reply_server(launch, endpoint, *server_with_keys(keys))
-    server.expect(rf"^CURVE: encrypted; only clients with a public key file in {keys.allowed} ")
+    server.expect(rf"^CURVE: encrypted; clients allowed: {re.escape(keys.allowed)}\.$")
 
-    client = launch.script("client_req_repl.py", "--connect", endpoint, *client_with_keys(keys))
+    client = launch.script(
+        "secure/client_req_repl.py", "--connect", endpoint, "one", "two", *client_with_keys(keys)
+    )
 
     assert client.wait() == 0, client.describe()
-    client.expect(r"^Received reply b'Hello world 1\*'$")
-    client.expect(r"^Sent STOP: the server confirmed it")
     assert server.wait() == 0, server.describe()
-    assert "Refused" not in server.stderr
-
-
-def test_request_reply_refuses_a_client_whose_key_is_not_allowed(
-    launch: Launcher, endpoints: Endpoints, keys: Keys
-) -> None:
-    endpoint = endpoints.tcp()
-    server = reply_server(launch, endpoint, *server_with_keys(keys))
-
-    client = launch.script(
-        "client_req_repl.py", "--connect", endpoint, "--timeout", NEVER,
-        *client_with_keys(keys, "stranger"),
-    )  # fmt: skip
-
-    assert client.wait() == 1, client.describe()
-    client.expect(REFUSED_KEY, "stderr")
-    assert "Traceback" not in client.stderr
-    server.expect(
-        r"^Refused a connection: the client's key is not in --curve-clients \(ZAP status 400\)",
-        "stderr",
-    )
-    assert "Received" not in server.stdout
-
-
-def test_without_an_allow_list_any_client_that_has_the_servers_key_gets_in(
-    launch: Launcher, endpoints: Endpoints, keys: Keys
-) -> None:
-    endpoint = endpoints.tcp()
-    server = reply_server(launch, endpoint, "--curve-secret", keys.secret("server"))
-    server.expect(r"^CURVE: encrypted; any client that has this server's public key may connect")
-
-    # No --curve-secret: the client makes a key pair for this run.
-    client = launch.script(
-        "client_req_repl.py", "--connect", endpoint, "--curve-server", keys.public("server")
-    )
-
-    assert client.wait() == 0, client.describe()
-    client.expect(r"^Received reply b'Hello world 1\*'$")
-
-
-def test_a_client_with_a_key_made_for_the_run_is_refused_by_an_allow_list(
-    launch: Launcher, endpoints: Endpoints, keys: Keys
-) -> None:
-    endpoint = endpoints.tcp()
-    reply_server(launch, endpoint, *server_with_keys(keys))
-
-    client = launch.script(
-        "client_req_repl.py", "--connect", endpoint, "--timeout", NEVER,
-        "--curve-server", keys.public("server"),
-    )  # fmt: skip
-
-    assert client.wait() == 1, client.describe()
-    client.expect(REFUSED_KEY, "stderr")
-
-
-def test_a_plaintext_client_and_a_curve_server_say_they_disagree(
-    launch: Launcher, endpoints: Endpoints, keys: Keys
-) -> None:
-    endpoint = endpoints.tcp()
-    server = reply_server(launch, endpoint, *server_with_keys(keys))
-
-    client = launch.script(
-        "client_req_repl.py", "--connect", endpoint, "--timeout", MISMATCH_TIMEOUT
-    )
-
-    assert client.wait() == 1, client.describe()
-    client.expect(CLIENT_HAS_NO_CURVE_OR_CUT_OFF, "stderr")
-    server.expect(SERVER_SAW_NO_CURVE, "stderr")
-
-
-def test_a_curve_client_and_a_plaintext_server_say_they_disagree(
-    launch: Launcher, endpoints: Endpoints, keys: Keys
-) -> None:
-    endpoint = endpoints.tcp()
-    server = reply_server(launch, endpoint)
-
-    client = launch.script(
-        "client_req_repl.py",
-        "--connect",
-        endpoint,
-        "--timeout",
-        MISMATCH_TIMEOUT,
-        *client_with_keys(keys),
-    )
-
-    assert client.wait() == 1, client.describe()
-    client.expect(SERVER_HAS_NO_CURVE_OR_CUT_OFF, "stderr")
-    server.expect(SERVER_SAW_CURVE, "stderr")
-
-
-def test_a_client_with_a_wrong_server_key_gets_no_reply_and_says_so_at_its_timeout(
-    launch: Launcher, endpoints: Endpoints, keys: Keys
-) -> None:
-    endpoint = endpoints.tcp()
-    server = reply_server(launch, endpoint, *server_with_keys(keys))
-
-    # The impostor's key stands for a server that is not this one.
-    client = launch.script(
-        "client_req_repl.py", "--connect", endpoint, "--timeout", "1",
-        "--curve-server", keys.public("impostor"), "--curve-secret", keys.secret("client"),
-    )  # fmt: skip
-
-    assert client.wait() == 1, client.describe()
-    client.expect(
-        r"^No reply from \S+ within 1 s: the server cut off every CURVE handshake\. "
-        r"Is --curve-server its public key file, and does the server use CURVE\?$",
-        "stderr",
-    )
-    assert "Received" not in client.stdout
-    server.expect(r"^Refused a connection: its CURVE handshake did not decrypt", "stderr")
-    assert "Received" not in server.stdout
-
-
-# Publish-subscribe
-
-
-def publisher(launch: Launcher, endpoint: str, *args: str) -> Process:
-    server = launch.script("server_broadcast.py", "--bind", endpoint, "--interval", "0.05", *args)
-    server.expect(r"^Publishing on ")
-    return server
+    assert plain_client.wait() == 0, plain_client.describe()
+    assert plain_server.wait() == 0, plain_server.describe()
+    assert client.lines == plain_client.lines
+    assert "Received reply b'two*'" in client.lines["stdout"]
+    # The same lines, but the endpoint and the one that says CURVE is on.
+    without_curve = [line for line in server.lines["stdout"] if not line.startswith("CURVE: ")]
+    assert "\n".join(without_curve) == plain_server.stdout.replace(plain_endpoint, endpoint)
+    assert server.stderr == ""
 
 
 def test_publish_subscribe_with_keys_on_both_sides_works_as_without(
@@ -250,177 +198,493 @@ def test_publish_subscribe_with_keys_on_both_sides_works_as_without(
     server = publisher(launch, endpoint, *server_with_keys(keys))
 
     subscriber = launch.script(
-        "client_broadcast.py", "--connect", endpoint, "--count", "3", *client_with_keys(keys)
-    )
-
-    assert subscriber.wait() == 0, subscriber.describe()
-    for _ in range(3):
-        subscriber.expect(r"^TIME\w{3} \w{3} ")
-    assert "Refused" not in server.stderr
-
-
-def test_publish_subscribe_refuses_a_subscriber_whose_key_is_not_allowed(
-    launch: Launcher, endpoints: Endpoints, keys: Keys
-) -> None:
-    endpoint = endpoints.tcp()
-    server = publisher(launch, endpoint, *server_with_keys(keys))
-
-    subscriber = launch.script(
-        "client_broadcast.py", "--connect", endpoint, "--timeout", NEVER,
-        *client_with_keys(keys, "stranger"),
+        "secure/client_broadcast.py", "--connect", endpoint, "--count", "3",
+        *client_with_keys(keys),
     )  # fmt: skip
 
-    assert subscriber.wait() == 1, subscriber.describe()
-    subscriber.expect(REFUSED_KEY, "stderr")
-    assert not re.search(r"^TIME", subscriber.stdout, re.MULTILINE)
-    server.expect(r"^Refused a connection: the client's key is not in --curve-clients", "stderr")
+    assert subscriber.wait() == 0, subscriber.describe()
+    assert subscriber.lines["stdout"][0] == (
+        f"Waiting for 3 messages starting with 'TIME' from {endpoint}."
+    )
+    assert len(subscriber.lines["stdout"]) == 4, subscriber.describe()
+    for line in subscriber.lines["stdout"][1:]:
+        assert re.fullmatch(r"TIME\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}", line), line
+    assert subscriber.stderr == ""
+    assert server.stderr == ""
 
 
-def test_a_plaintext_subscriber_and_a_curve_publisher_say_they_disagree(
+def test_pipeline_with_keys_on_both_sides_works_as_without(
+    launch: Launcher, endpoints: Endpoints, keys: Keys
+) -> None:
+    tasks, results = endpoints.tcp(), endpoints.tcp()
+    server = ventilator(launch, tasks, results, "--workers", "2", "--tasks", "10",
+                        *server_with_keys(keys))  # fmt: skip
+    server.expect(rf"^CURVE: encrypted; workers allowed: {re.escape(keys.allowed)}\.$")
+
+    workers = [
+        worker(launch, tasks, results, name, *client_with_keys(keys)) for name in ("alpha", "beta")
+    ]
+
+    assert server.wait() == 0, server.describe()
+    server.expect(r"^All 10 results in\.$")
+    assert tasks_per_worker(server) == {"alpha": 5, "beta": 5}
+    assert server.stderr == ""
+    for process in workers:
+        assert process.stdout.count("Task from ") == 5, process.describe()
+
+
+def test_without_an_allow_list_a_client_with_a_key_made_for_the_run_gets_in(
     launch: Launcher, endpoints: Endpoints, keys: Keys
 ) -> None:
     endpoint = endpoints.tcp()
-    server = publisher(launch, endpoint, *server_with_keys(keys))
+    server = reply_server(launch, endpoint, "--curve-secret", keys.secret("server"))
+    server.expect(r"^CURVE: encrypted; clients allowed: any with our key\.$")
 
-    subscriber = launch.script(
-        "client_broadcast.py", "--connect", endpoint, "--timeout", MISMATCH_TIMEOUT
+    # No --curve-secret: the client makes a key pair for this run.
+    client = launch.script(
+        "secure/client_req_repl.py", "--connect", endpoint, "--curve-server", keys.public("server")
     )
 
-    assert subscriber.wait() == 1, subscriber.describe()
-    subscriber.expect(CLIENT_HAS_NO_CURVE_OR_CUT_OFF, "stderr")
-    server.expect(SERVER_SAW_NO_CURVE, "stderr")
+    assert client.wait() == 0, client.describe()
+    client.expect(r"^Received reply b'Hello world 1\*'$")
+    assert server.wait() == 0, server.describe()
 
 
-def test_a_curve_subscriber_and_a_plaintext_publisher_say_they_disagree(
+# A stranger is refused; both sides name its key (defect 7), and the client exits at once.
+
+
+@pytest.mark.parametrize("pattern", ["request-reply", "publish-subscribe", "pipeline"])
+def test_a_client_whose_key_is_not_allowed_exits_at_once_and_both_sides_name_its_key(
+    launch: Launcher, endpoints: Endpoints, keys: Keys, pattern: str
+) -> None:
+    stranger = keys.z85("stranger")
+    if pattern == "pipeline":
+        tasks, results = endpoints.tcp(), endpoints.tcp()
+        server = ventilator(launch, tasks, results, "--workers", "1", "--tasks", "4",
+                            *server_with_keys(keys))  # fmt: skip
+        client = worker(launch, tasks, results, "stranger", *client_with_keys(keys, "stranger"))
+        said_to = f"{re.escape(tasks)}|{re.escape(results)}"
+    else:
+        endpoint = endpoints.tcp()
+        if pattern == "request-reply":
+            server = reply_server(launch, endpoint, *server_with_keys(keys))
+            script = "secure/client_req_repl.py"
+        else:
+            server = publisher(launch, endpoint, *server_with_keys(keys))
+            script = "secure/client_broadcast.py"
+        client = launch.script(
+            script, "--connect", endpoint, "--timeout", NEVER, *client_with_keys(keys, "stranger")
+        )
+        said_to = re.escape(endpoint)
+
+    # A refused key is final: libzmq will not try again, so waiting would be for ever.
+    assert client.wait() == 1, client.describe()
+    assert len(client.lines["stderr"]) == 1, client.describe()
+    client.expect(refused_line(said_to, stranger), "stderr")
+    server.expect(denied_line(stranger), "stderr")
+    assert not re.search(r"^(Received|TIME|Task from)", client.stdout, re.MULTILINE)
+    assert not re.search(r"^(Received|Workers connected)", server.stdout, re.MULTILINE)
+    if pattern == "pipeline":
+        # It was never counted: the one allowed worker gets every task.
+        worker(launch, tasks, results, "allowed", *client_with_keys(keys))
+        assert server.wait() == 0, server.describe()
+        assert tasks_per_worker(server) == {"allowed": 4}
+
+
+def test_a_client_with_a_key_made_for_the_run_is_refused_by_an_allow_list_and_named(
     launch: Launcher, endpoints: Endpoints, keys: Keys
 ) -> None:
     endpoint = endpoints.tcp()
-    server = publisher(launch, endpoint)
+    server = reply_server(launch, endpoint, *server_with_keys(keys))
 
-    subscriber = launch.script(
-        "client_broadcast.py",
-        "--connect",
-        endpoint,
-        "--timeout",
-        MISMATCH_TIMEOUT,
-        *client_with_keys(keys),
+    client = launch.script(
+        "secure/client_req_repl.py", "--connect", endpoint, "--timeout", NEVER,
+        "--curve-server", keys.public("server"),
+    )  # fmt: skip
+
+    assert client.wait() == 1, client.describe()
+    said = client.expect(
+        rf"^The server at {re.escape(endpoint)} refused our key (\S{{40}})\.$", "stderr"
     )
+    key = said[1]
+    assert key not in {keys.z85(name) for name in ("server", "client", "stranger", "impostor")}
+    server.expect(denied_line(key), "stderr")
 
-    assert subscriber.wait() == 1, subscriber.describe()
-    subscriber.expect(SERVER_HAS_NO_CURVE_OR_CUT_OFF, "stderr")
-    server.expect(SERVER_SAW_CURVE, "stderr")
+
+# Each side of a mismatch, or a wrong server key, says something useful: at once, or at its
+# timeout.
 
 
-def test_a_subscriber_with_a_wrong_server_key_hears_nothing_and_says_so_at_its_timeout(
-    launch: Launcher, endpoints: Endpoints, keys: Keys
+@pytest.mark.parametrize(
+    "client_script,server_script,server_key",
+    [
+        ("client_req_repl.py", "secure/server_req_repl.py", "server"),
+        ("secure/client_req_repl.py", "server_req_repl.py", "server"),
+        ("secure/client_req_repl.py", "secure/server_req_repl.py", "impostor"),
+    ],
+    ids=["plaintext-client", "plaintext-server", "wrong-server-key"],
+)
+def test_a_request_client_cut_off_at_every_handshake_suggests_curve(
+    launch: Launcher,
+    endpoints: Endpoints,
+    keys: Keys,
+    client_script: str,
+    server_script: str,
+    server_key: str,
 ) -> None:
     endpoint = endpoints.tcp()
-    publisher(launch, endpoint, *server_with_keys(keys))
+    secure_server = server_script.startswith("secure/")
+    server = reply_server(
+        launch, endpoint, *(server_with_keys(keys) if secure_server else ()), script=server_script
+    )
+    curve = ("--curve-server", keys.public(server_key), "--curve-secret", keys.secret("client"))
+
+    client = launch.script(
+        client_script, "--connect", endpoint, "--timeout", "1",
+        *(curve if client_script.startswith("secure/") else ()),
+    )  # fmt: skip
+
+    assert client.wait() == 1, client.describe()
+    # At once: libzmq does not try again after a handshake that failed.
+    client.expect(rf"^No reply from {re.escape(endpoint)}: it cut off the handshake\. .*CURVE\?$",
+                  "stderr")  # fmt: skip
+    assert "Received" not in server.stdout
+
+
+@pytest.mark.parametrize(
+    "client_script,server_script,server_key",
+    [
+        ("client_broadcast.py", "secure/server_broadcast.py", "server"),
+        ("secure/client_broadcast.py", "server_broadcast.py", "server"),
+        ("secure/client_broadcast.py", "secure/server_broadcast.py", "impostor"),
+    ],
+    ids=["plaintext-client", "plaintext-server", "wrong-server-key"],
+)
+def test_a_subscriber_cut_off_at_every_handshake_suggests_curve(
+    launch: Launcher,
+    endpoints: Endpoints,
+    keys: Keys,
+    client_script: str,
+    server_script: str,
+    server_key: str,
+) -> None:
+    endpoint = endpoints.tcp()
+    secure_server = server_script.startswith("secure/")
+    publisher(
+        launch, endpoint, *(server_with_keys(keys) if secure_server else ()), script=server_script
+    )
+    curve = ("--curve-server", keys.public(server_key), "--curve-secret", keys.secret("client"))
 
     subscriber = launch.script(
-        "client_broadcast.py", "--connect", endpoint, "--timeout", "1",
-        "--curve-server", keys.public("impostor"), "--curve-secret", keys.secret("client"),
+        client_script, "--connect", endpoint, "--timeout", "1",
+        *(curve if client_script.startswith("secure/") else ()),
     )  # fmt: skip
 
     assert subscriber.wait() == 1, subscriber.describe()
     subscriber.expect(
-        r"^No message from \S+ within 1 s: it cut off every CURVE handshake", "stderr"
+        rf"^No message from {re.escape(endpoint)} within 1 s: it cut off every handshake\. "
+        r"Does it use CURVE",
+        "stderr",
     )
     assert not re.search(r"^TIME", subscriber.stdout, re.MULTILINE)
 
 
-# Pipeline
+@pytest.mark.parametrize(
+    "client_script,server_script,server_key",
+    [
+        ("client_pipeline.py", "secure/server_pipeline.py", "server"),
+        ("secure/client_pipeline.py", "server_pipeline.py", "server"),
+        ("secure/client_pipeline.py", "secure/server_pipeline.py", "impostor"),
+    ],
+    ids=["plaintext-worker", "plaintext-ventilator", "wrong-server-key"],
+)
+def test_a_worker_cut_off_at_every_handshake_is_never_counted(
+    launch: Launcher,
+    endpoints: Endpoints,
+    keys: Keys,
+    client_script: str,
+    server_script: str,
+    server_key: str,
+) -> None:
+    tasks, results = endpoints.tcp(), endpoints.tcp()
+    secure_server = server_script.startswith("secure/")
+    server = ventilator(
+        launch, tasks, results, "--workers", "1", "--tasks", "3",
+        *(server_with_keys(keys) if secure_server else ()), script=server_script,
+    )  # fmt: skip
+    curve = ("--curve-server", keys.public(server_key), "--curve-secret", keys.secret("client"))
+    misled = worker(
+        launch, tasks, results, "misled",
+        *(curve if client_script.startswith("secure/") else ()), script=client_script,
+    )  # fmt: skip
+
+    # The ventilator still waits for its one worker: the misled one, which tried first, was
+    # never counted.
+    right = worker(
+        launch, tasks, results, "right",
+        *(client_with_keys(keys) if secure_server else ()),
+        script=server_script.replace("server_pipeline", "client_pipeline"),
+    )  # fmt: skip
+
+    assert server.wait() == 0, server.describe()
+    assert tasks_per_worker(server) == {"right": 3}
+    assert right.stdout.count("Task from") == 3
+    assert "Task from" not in misled.stdout
+
+
+# Which side reads the other's greeting first, and so learns of the mismatch, is a race: a raw
+# peer that offers the other mechanism and never hangs up first makes it certain that the client
+# does. What each client then says:
+ANOTHER_MECHANISM_LINES = {
+    "client_req_repl.py": r"^No reply from {endpoint}: it cut off the handshake\. .*CURVE\?$",
+    "client_broadcast.py": (
+        r"^No message from {endpoint} within 1 s: it cut off every handshake\. Does it use CURVE"
+    ),
+    # A worker has no timeout: it says that it dropped the server, and tries again.
+    "client_pipeline.py": r"^Dropped {endpoint} for breaking the protocol\.$",
+}
+
+
+@pytest.mark.parametrize("curve", [False, True], ids=["plaintext", "curve"])
+@pytest.mark.parametrize("script", sorted(ANOTHER_MECHANISM_LINES))
+def test_a_client_whose_server_offers_another_mechanism_says_so(
+    launch: Launcher, endpoints: Endpoints, keys: Keys, script: str, curve: bool
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(WAIT)
+        endpoint = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+        waits = ("--results", endpoints.tcp()) if "pipeline" in script else ("--timeout", "1")
+        client = launch.script(
+            twin(script, curve), "--connect", endpoint, *waits,
+            *(client_with_keys(keys) if curve else ()),
+        )  # fmt: skip
+        connection, _ = listener.accept()
+        with connection:
+            # A CURVE server says it is the server; NULL has no such role.
+            connection.sendall(zmtp_greeting(b"NULL" if curve else b"CURVE", not curve))
+
+            line = ANOTHER_MECHANISM_LINES[script].format(endpoint=re.escape(endpoint))
+            client.expect(line, "stderr")
+    assert "Traceback" not in client.stderr
 
 
 @pytest.fixture
-def tcp_pipeline(launch: Launcher, endpoints: Endpoints) -> Pipeline:
-    return Pipeline(launch, endpoints.tcp(), endpoints.tcp())
+def handshake_cutter() -> Iterator[str]:
+    """A TCP endpoint that accepts each connection and closes it at once, as a server that
+    refuses every handshake looks to a client that cannot tell why."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def cut() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            connection.close()
+
+    threading.Thread(target=cut, daemon=True).start()
+    yield f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
 
 
-def test_pipeline_with_keys_on_both_sides_works_as_without(
-    tcp_pipeline: Pipeline, keys: Keys
+@pytest.mark.parametrize(
+    "script,line",
+    [
+        (
+            "client_req_repl.py",
+            r"No reply from \S+: it cut off the handshake\. Does it use CURVE\?",
+        ),
+        (
+            "secure/client_req_repl.py",
+            r"No reply from \S+: it cut off the handshake\. Wrong key, no CURVE\?",
+        ),
+        (
+            "client_broadcast.py",
+            r"No message from \S+ within 1 s: it cut off every handshake\. Does it use CURVE "
+            r"\(secure/\)\?",
+        ),
+        (
+            "secure/client_broadcast.py",
+            r"No message from \S+ within 1 s: it cut off every handshake\. Does it use CURVE, and "
+            r"this key\?",
+        ),
+    ],
+)
+def test_a_client_whose_every_handshake_is_cut_off_suggests_curve(
+    launch: Launcher, keys: Keys, handshake_cutter: str, script: str, line: str
 ) -> None:
-    ventilator = tcp_pipeline.ventilator("--workers", "2", "--tasks", "10", *server_with_keys(keys))
-    for name in ("alpha", "beta"):
-        tcp_pipeline.worker(name, *client_with_keys(keys))
+    curve = ("--curve-server", keys.public("server")) if script.startswith("secure/") else ()
+    client = launch.script(script, "--connect", handshake_cutter, "--timeout", "1", *curve)
 
-    assert ventilator.wait() == 0, ventilator.describe()
-    assert tasks_per_worker(ventilator) == {"alpha": 5, "beta": 5}
-    assert "Refused" not in ventilator.stderr
+    assert client.wait() == 1, client.describe()
+    assert re.fullmatch(line, client.lines["stderr"][-1]), client.describe()
 
 
-def test_pipeline_refuses_a_worker_whose_key_is_not_allowed(
-    tcp_pipeline: Pipeline, keys: Keys
+# What CURVE does not cause: a health check is not blamed on it (defect 4), idle connections
+# cannot lock out a client (defect 6), a second SIGTERM does not break the exit.
+
+
+def health_check(port: int) -> None:
+    """What a load balancer or a monitoring probe does: open a TCP connection and close it,
+    sending nothing. Once at once, and once after the server has begun its greeting."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT):
+        pass
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as probe:
+        # The server's first bytes: it has accepted this connection and begun its handshake.
+        assert probe.recv(1)
+
+
+@pytest.mark.parametrize("script", ["server_req_repl.py", "secure/server_req_repl.py"])
+def test_a_tcp_health_check_gets_no_line_from_a_request_server(
+    launch: Launcher, endpoints: Endpoints, keys: Keys, context: Context, script: str
 ) -> None:
-    ventilator = tcp_pipeline.ventilator("--workers", "1", "--tasks", "4", *server_with_keys(keys))
+    port = endpoints.tcp_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    secure = script.startswith("secure/")
+    server = reply_server(launch, endpoint, *(server_with_keys(keys) if secure else ()),
+                          script=script)  # fmt: skip
+    health_check(port)
 
-    stranger = tcp_pipeline.worker("stranger", *client_with_keys(keys, "stranger"))
+    # A real client, after the checks: once it is answered, the server has seen them come and go.
+    requester = context.socket(zmq.REQ)
+    if secure:
+        with_curve(requester, keys)
+    requester.connect(endpoint)
+    requester.send(b"STOP")
 
-    # It can never be served: it exits rather than wait for ever.
-    assert stranger.wait() == 1, stranger.describe()
-    stranger.expect(REFUSED_KEY, "stderr")
-    ventilator.expect(
-        r"^Refused a connection: the client's key is not in --curve-clients", "stderr"
-    )
-    # It was never counted: the one allowed worker gets every task.
-    tcp_pipeline.worker("allowed", *client_with_keys(keys))
-    assert ventilator.wait() == 0, ventilator.describe()
-    assert tasks_per_worker(ventilator) == {"allowed": 4}
+    assert receive(requester) == [b"STOP*"]
+    assert server.wait() == 0, server.describe()
+    assert server.stderr == ""
 
 
-# Slow at worst: when the ventilator hangs up first every time, the worker speaks after 2 s.
+@pytest.mark.parametrize("script", ["server_broadcast.py", "secure/server_broadcast.py"])
+def test_a_tcp_health_check_gets_no_line_from_a_publisher(
+    launch: Launcher, endpoints: Endpoints, keys: Keys, context: Context, script: str
+) -> None:
+    port = endpoints.tcp_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    secure = script.startswith("secure/")
+    server = publisher(launch, endpoint, *(server_with_keys(keys) if secure else ()),
+                       script=script)  # fmt: skip
+    health_check(port)
+
+    subscriber = context.socket(zmq.SUB)
+    if secure:
+        with_curve(subscriber, keys)
+    subscriber.subscribe(b"TIME")
+    subscriber.connect(endpoint)
+    assert receive(subscriber)[0].startswith(b"TIME")
+    server.signal(signal.SIGINT)
+
+    assert server.wait() == 130, server.describe()
+    assert server.lines["stderr"] == ["Interrupted: shutting down."]
+
+
+@pytest.mark.parametrize("script", ["server_pipeline.py", "secure/server_pipeline.py"])
+def test_a_tcp_health_check_gets_no_line_from_a_ventilator_and_is_no_worker(
+    launch: Launcher, endpoints: Endpoints, keys: Keys, context: Context, script: str
+) -> None:
+    tasks_port, results_port = endpoints.tcp_port(), endpoints.tcp_port()
+    tasks, results = f"tcp://127.0.0.1:{tasks_port}", f"tcp://127.0.0.1:{results_port}"
+    secure = script.startswith("secure/")
+    server = ventilator(launch, tasks, results, "--workers", "1", "--tasks", "2",
+                        *(server_with_keys(keys) if secure else ()), script=script)  # fmt: skip
+    health_check(tasks_port)
+    health_check(results_port)
+
+    # A bare worker, after the checks; the run ends once it has answered both tasks.
+    receiver, sender = context.socket(zmq.PULL), context.socket(zmq.PUSH)
+    for bare in (receiver, sender):
+        if secure:
+            with_curve(bare, keys)
+    receiver.connect(tasks)
+    sender.connect(results)
+    for _ in range(2):
+        run_name, workload_ms, task_id = pickle.loads(receive(receiver)[0])
+        sender.send(pickle.dumps(("bare", run_name, workload_ms, task_id)))
+
+    assert server.wait() == 0, server.describe()
+    assert server.stderr == ""
+    assert re.findall(r"^(?:Workers connected|A worker).*", server.stdout, re.MULTILINE) == [
+        "Workers connected: 1 of 1"
+    ]
+
+
+# Each idle connection holds a file descriptor until the server closes it. ZMQ_HANDSHAKE_IVL
+# closes those that have not finished their handshake within 3 s (libzmq's default is 30 s).
+FILE_LIMIT = 256
+WITH_FILE_LIMIT = (
+    "import os, resource, sys; "
+    f"resource.setrlimit(resource.RLIMIT_NOFILE, ({FILE_LIMIT}, {FILE_LIMIT})); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+# Slow by design: the allowed client is let in only once the server drops the idle connections
+# at its 3 s handshake timeout.
 @pytest.mark.slow
-def test_a_plaintext_worker_and_a_curve_ventilator_say_they_disagree(
-    tcp_pipeline: Pipeline, keys: Keys
+def test_idle_connections_past_the_servers_file_limit_do_not_lock_out_an_allowed_client(
+    launch: Launcher, endpoints: Endpoints, keys: Keys
 ) -> None:
-    ventilator = tcp_pipeline.ventilator(*server_with_keys(keys))
+    port = endpoints.tcp_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    server = launch.script(
+        "secure/server_req_repl.py", "--bind", endpoint, *server_with_keys(keys),
+        prefix=[sys.executable, "-c", WITH_FILE_LIMIT],
+    )  # fmt: skip
+    server.expect(r"^CURVE: encrypted")
+    descriptors = Path(f"/proc/{server.popen.pid}/fd")
 
-    worker = tcp_pipeline.worker("plain")
+    # A stranger's connections that never send a byte: more than the server may hold at once.
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=WAIT) for _ in range(300)]
+    try:
+        deadline = time.monotonic() + WAIT
+        while (held := len(os.listdir(descriptors))) < FILE_LIMIT - 2:
+            assert time.monotonic() < deadline, f"the server holds only {held} descriptors"
+            time.sleep(0.01)
 
-    told = worker.expect(CLIENT_HAS_NO_CURVE_OR_CUT_OFF, "stderr")
-    if "disagree" in told[0]:
-        assert worker.wait() == 1, worker.describe()
-    ventilator.expect(SERVER_SAW_NO_CURVE, "stderr")
-    assert "Workers connected" not in ventilator.stdout
+        # Without the handshake timeout, it would get in after 30 s, when libzmq's runs out.
+        client = launch.script(
+            "secure/client_req_repl.py", "--connect", endpoint, "--timeout", "15",
+            *client_with_keys(keys),
+        )  # fmt: skip
+
+        assert client.wait() == 0, client.describe()
+        client.expect(r"^Received reply b'Hello world 1\*'$")
+        assert server.wait() == 0, server.describe()
+    finally:
+        for connection in idle:
+            connection.close()
 
 
-# Slow at worst: when the ventilator hangs up first every time, the worker speaks after 2 s.
-@pytest.mark.slow
-def test_a_curve_worker_and_a_plaintext_ventilator_say_they_disagree(
-    tcp_pipeline: Pipeline, keys: Keys
+# Each second SIGTERM lands at a different moment of the first one's shutdown: the
+# authenticator's thread stopping, the context ending, the interpreter exiting.
+GAPS_BETWEEN_SIGNALS = (0.001, 0.003, 0.01)
+
+
+@pytest.mark.parametrize("script", SECURE_SERVERS)
+def test_two_sigterms_in_a_row_end_a_server_with_an_allow_list_at_once(
+    launch: Launcher, endpoints: Endpoints, keys: Keys, script: str
 ) -> None:
-    ventilator = tcp_pipeline.ventilator()
+    servers = [
+        (
+            launch.script(script, *bound(script, endpoints, f"run-{gap}"), *server_with_keys(keys)),
+            gap,
+        )
+        for gap in GAPS_BETWEEN_SIGNALS
+    ]
+    for server, _ in servers:
+        server.expect(r"^CURVE: encrypted")
 
-    worker = tcp_pipeline.worker("secret", *client_with_keys(keys))
+    for server, gap in servers:
+        server.signal(signal.SIGTERM)
+        sent = time.monotonic()
+        time.sleep(gap)  # Not a wait for anything: the second signal's moment.
+        server.signal(signal.SIGTERM)
 
-    told = worker.expect(SERVER_HAS_NO_CURVE_OR_CUT_OFF, "stderr")
-    if "disagree" in told[0]:
-        assert worker.wait() == 1, worker.describe()
-    ventilator.expect(SERVER_SAW_CURVE, "stderr")
-
-
-# Slow by design: it waits out the script's fixed hint or repeat time.
-@pytest.mark.slow
-def test_a_worker_with_a_wrong_server_key_is_never_counted_and_says_why(
-    tcp_pipeline: Pipeline, keys: Keys
-) -> None:
-    ventilator = tcp_pipeline.ventilator("--workers", "1", "--tasks", "3", *server_with_keys(keys))
-
-    misled = tcp_pipeline.worker(
-        "misled", "--curve-server", keys.public("impostor"), "--curve-secret", keys.secret("client")
-    )
-
-    misled.expect(
-        r"has cut off every handshake for 2 s: is --curve-server the server's public key "
-        r"file, and does the server use CURVE\? Trying again\.$",
-        "stderr",
-    )
-    ventilator.expect(r"^Refused a connection: its CURVE handshake did not decrypt", "stderr")
-    # The ventilator still waits for its one worker: the misled one was never counted.
-    tcp_pipeline.worker("right", *client_with_keys(keys))
-    assert ventilator.wait() == 0, ventilator.describe()
-    assert tasks_per_worker(ventilator) == {"right": 3}
-    assert "Task from" not in misled.stdout
+        assert server.wait() == 130, server.describe()
+        assert time.monotonic() - sent < 1.0, server.describe()
+        assert server.lines["stderr"] == ["Interrupted: shutting down."], server.describe()
 
 
 # On the wire
@@ -500,13 +764,14 @@ def test_the_request_reply_wire_is_unreadable_with_curve(
     launch: Launcher, endpoints: Endpoints, keys: Keys, recorders: list[Recorder], curve: bool
 ) -> None:
     port = endpoints.tcp_port()
-    server_args, client_args = (
-        (server_with_keys(keys), client_with_keys(keys)) if curve else ((), ())
-    )
-    reply_server(launch, f"tcp://127.0.0.1:{port}", *server_args)
+    reply_server(launch, f"tcp://127.0.0.1:{port}", *(server_with_keys(keys) if curve else ()),
+                 script=twin("server_req_repl.py", curve))  # fmt: skip
     recorder = recorder_to(recorders, port)
 
-    client = launch.script("client_req_repl.py", "--connect", recorder.endpoint, *client_args)
+    client = launch.script(
+        twin("client_req_repl.py", curve), "--connect", recorder.endpoint,
+        *(client_with_keys(keys) if curve else ()),
+    )  # fmt: skip
 
     assert client.wait() == 0, client.describe()
     client.expect(r"^Received reply b'Hello world 1\*'$")
@@ -519,15 +784,14 @@ def test_the_publish_subscribe_wire_is_unreadable_with_curve(
     launch: Launcher, endpoints: Endpoints, keys: Keys, recorders: list[Recorder], curve: bool
 ) -> None:
     port = endpoints.tcp_port()
-    server_args, client_args = (
-        (server_with_keys(keys), client_with_keys(keys)) if curve else ((), ())
-    )
-    publisher(launch, f"tcp://127.0.0.1:{port}", *server_args)
+    publisher(launch, f"tcp://127.0.0.1:{port}", *(server_with_keys(keys) if curve else ()),
+              script=twin("server_broadcast.py", curve))  # fmt: skip
     recorder = recorder_to(recorders, port)
 
     subscriber = launch.script(
-        "client_broadcast.py", "--connect", recorder.endpoint, "--count", "2", *client_args
-    )
+        twin("client_broadcast.py", curve), "--connect", recorder.endpoint, "--count", "2",
+        *(client_with_keys(keys) if curve else ()),
+    )  # fmt: skip
 
     assert subscriber.wait() == 0, subscriber.describe()
     subscriber.expect(r"^TIME")
@@ -539,30 +803,57 @@ def test_the_pipeline_wire_is_unreadable_with_curve(
     launch: Launcher, endpoints: Endpoints, keys: Keys, recorders: list[Recorder], curve: bool
 ) -> None:
     tasks_port, results_port = endpoints.tcp_port(), endpoints.tcp_port()
-    server_args, client_args = (
-        (server_with_keys(keys), client_with_keys(keys)) if curve else ((), ())
-    )
-    ventilator = launch.script(
-        "server_pipeline.py", "recorded-run", "--workers", "1", "--tasks", "5",
-        "--bind", f"tcp://127.0.0.1:{tasks_port}", "--results", f"tcp://127.0.0.1:{results_port}",
-        *server_args,
+    server = ventilator(
+        launch, f"tcp://127.0.0.1:{tasks_port}", f"tcp://127.0.0.1:{results_port}",
+        "recorded-run", "--workers", "1", "--tasks", "5",
+        *(server_with_keys(keys) if curve else ()), script=twin("server_pipeline.py", curve),
     )  # fmt: skip
-    ventilator.expect(r"^Ventilator on ")
     tasks, results = recorder_to(recorders, tasks_port), recorder_to(recorders, results_port)
 
-    launch.script(
-        "client_pipeline.py", "worker-on-the-wire",
-        "--connect", tasks.endpoint, "--results", results.endpoint, *client_args,
+    worker(
+        launch, tasks.endpoint, results.endpoint, "worker-on-the-wire",
+        *(client_with_keys(keys) if curve else ()), script=twin("client_pipeline.py", curve),
     )  # fmt: skip
 
-    assert ventilator.wait() == 0, ventilator.describe()
-    assert tasks_per_worker(ventilator) == {"worker-on-the-wire": 5}
+    assert server.wait() == 0, server.describe()
+    assert tasks_per_worker(server) == {"worker-on-the-wire": 5}
     assert tasks.holds(b"recorded-run") is not curve
     assert results.holds(b"worker-on-the-wire") is not curve
     assert results.holds(b"recorded-run") is not curve
 
 
 # Key files
+
+
+def test_keys_made_by_the_readmes_command_work(
+    launch: Launcher, endpoints: Endpoints, tmp_path: Path
+) -> None:
+    # secure/README.md's command, as a reader runs it in a fresh clone.
+    readme = (ROOT / "secure" / "README.md").read_text().splitlines()
+    command = next(line for line in readme if "create_certificates('keys'" in line)
+    # The same command, with this environment's Python instead of one that uv would make.
+    command = command.replace("uv run --with pyzmq python", shlex.quote(sys.executable))
+    subprocess.run(["sh", "-c", command], cwd=tmp_path, check=True, timeout=WAIT)
+    assert sorted(path.name for path in (tmp_path / "keys").iterdir()) == [
+        "client.key", "client.key_secret", "clients", "server.key", "server.key_secret",
+    ]  # fmt: skip
+
+    # Run from that folder, the scripts find the server's key files where they look by default.
+    endpoint = endpoints.tcp()
+    in_folder = ["env", "-C", str(tmp_path)]
+    server = launch.script(
+        "secure/server_req_repl.py", "--bind", endpoint, "--curve-clients", "keys/clients",
+        prefix=in_folder,
+    )  # fmt: skip
+    server.expect(r"^CURVE: encrypted; clients allowed: keys/clients\.$")
+    client = launch.script(
+        "secure/client_req_repl.py", "--connect", endpoint,
+        "--curve-secret", "keys/client.key_secret", prefix=in_folder,
+    )  # fmt: skip
+
+    assert client.wait() == 0, client.describe()
+    client.expect(r"^Received reply b'Hello world 1\*'$")
+    assert server.wait() == 0, server.describe()
 
 
 @pytest.fixture
@@ -572,158 +863,120 @@ def bad_keys(tmp_path: Path, keys: Keys) -> dict[str, str]:
     garbage.write_bytes(b"\x00\xffnot a certificate\n" * 10)
     short = tmp_path / "short.key_secret"
     short.write_text('curve\n    public-key = "abcde"\n    secret-key = "fghij"\n')
-    public_key, _ = zmq.auth.load_certificate(keys.public("client"))
-    _, secret_key = zmq.auth.load_certificate(keys.secret("stranger"))
+    not_z85 = tmp_path / "not-z85.key_secret"
+    not_z85.write_text(f'curve\n    public-key = "{"," * 40}"\n    secret-key = "{"," * 40}"\n')
     no_equals = tmp_path / "no-equals.key_secret"
     no_equals.write_text("curve\n    public-key\n")
-    mixed = tmp_path / "mixed.key_secret"
-    mixed.write_bytes(
-        b'curve\n    public-key = "' + public_key + b'"\n    secret-key = "'
-        + (secret_key or b"") + b'"\n'
-    )  # fmt: skip
     return {
         "missing": str(tmp_path / "no-such.key_secret"),
         "a folder": str(tmp_path),
         "public only": keys.public("server"),
         "garbage": str(garbage),
         "wrong length": str(short),
-        "not a pair": str(mixed),
+        "not Z85": str(not_z85),
         "a line without =": str(no_equals),
     }
 
 
+# pyzmq's own words name the file; where the script speaks, its words are pinned.
 BAD_KEY_LINES = {
-    "missing": r": no such file\.$",
-    "a folder": r": not a file\.$",
-    "public only": r": it holds a public key only; pass NAME\.key_secret\.$",
-    "garbage": r": it holds no public key\.$",
-    "wrong length": r": a key in it is not 40 characters of Z85\.$",
-    "not a pair": r": its public and secret keys are not a pair\.$",
-    "a line without =": r": a key line in it has no '='\.$",
+    "missing": "",
+    "a folder": "",
+    "public only": " holds no secret key$",
+    "garbage": "",
+    "wrong length": " holds no secret key$",
+    "not Z85": " holds no secret key$",
+    "a line without =": "",
 }
+TRACEBACK_ON_A_LINE_WITHOUT_EQUALS = pytest.mark.xfail(
+    strict=True,
+    reason="bug: zmq.auth.load_certificate raises IndexError on a key line without '=', "
+    "which the scripts do not catch: a traceback",
+)
 
-SCRIPTS_AND_SECRET_FLAGS = [
-    ("server_req_repl.py", ()),
-    ("server_broadcast.py", ()),
-    ("server_pipeline.py", ()),
-    ("client_req_repl.py", ("--curve-server", "SERVER")),
-    ("client_broadcast.py", ("--curve-server", "SERVER")),
-    ("client_pipeline.py", ("--curve-server", "SERVER")),
-]
-
-
-# Every kind on one server and one client; every script with one kind: the key-reading helpers
-# are the same in all six, which tests/test_cli.py checks.
+# Every kind on one server and one client; one kind on each of the others: load_key is the same
+# in all six.
 BAD_KEY_CASES = [
     *(
-        (script, extra, kind)
-        for script, extra in [SCRIPTS_AND_SECRET_FLAGS[0], SCRIPTS_AND_SECRET_FLAGS[5]]
+        pytest.param(
+            script, kind,
+            marks=TRACEBACK_ON_A_LINE_WITHOUT_EQUALS if kind == "a line without =" else (),
+        )
+        for script in ("secure/server_req_repl.py", "secure/client_pipeline.py")
         for kind in BAD_KEY_LINES
     ),
-    *((script, extra, "not a pair") for script, extra in SCRIPTS_AND_SECRET_FLAGS[1:5]),
-]
+    *(
+        (script, "wrong length")
+        for script in [*SECURE_SERVERS[1:], *SECURE_CLIENTS[:2]]
+    ),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize("script,extra,kind", BAD_KEY_CASES)
+@pytest.mark.parametrize("script,kind", BAD_KEY_CASES)
 def test_a_bad_secret_key_file_is_named_in_one_line_before_any_socket_opens(
     launch: Launcher,
     endpoints: Endpoints,
     keys: Keys,
     bad_keys: dict[str, str],
     script: str,
-    extra: tuple[str, ...],
     kind: str,
 ) -> None:
-    endpoint = endpoints.ipc("never")
-    where = "--bind" if script.startswith("server") else "--connect"
-    flags = [keys.public("server") if flag == "SERVER" else flag for flag in extra]
-    process = launch.script(script, where, endpoint, *flags, "--curve-secret", bad_keys[kind])
+    server = "server_" in script
+    if server:
+        where: tuple[str, ...] = bound(script, endpoints)
+    else:
+        where = ("--connect", endpoints.ipc("main"), "--curve-server", keys.public("server"))
+        if "pipeline" in script:
+            where += ("--results", endpoints.ipc("results"))
+    process = launch.script(script, *where, "--curve-secret", bad_keys[kind])
 
     assert process.wait() == 1, process.describe()
     assert len(process.lines["stderr"]) == 1, process.describe()
-    process.expect(rf"^Cannot use {bad_keys[kind]}{BAD_KEY_LINES[kind]}", "stderr")
+    path = re.escape(bad_keys[kind])
+    process.expect(rf"^Cannot use the keys: .*{path}'?{BAD_KEY_LINES[kind]}", "stderr")
     # No socket was opened: a server did not bind, a client did not say it waits.
-    assert not Path(endpoint.removeprefix("ipc://")).exists()
+    assert not any(endpoints.folder.iterdir()), list(endpoints.folder.iterdir())
     assert process.stdout == ""
 
 
-@pytest.mark.parametrize(
-    "script", ["client_req_repl.py", "client_broadcast.py", "client_pipeline.py"]
-)
+@pytest.mark.parametrize("script", SECURE_CLIENTS)
+@pytest.mark.parametrize("kind", ["garbage", "wrong length", "missing"])
 def test_a_bad_server_key_file_is_named_in_one_line(
-    launch: Launcher, bad_keys: dict[str, str], script: str
+    launch: Launcher, bad_keys: dict[str, str], script: str, kind: str
 ) -> None:
-    process = launch.script(script, "--curve-server", bad_keys["garbage"])
+    process = launch.script(script, "--curve-server", bad_keys[kind])
 
     assert process.wait() == 1, process.describe()
-    process.expect(rf"^Cannot use {bad_keys['garbage']}: it holds no public key\.$", "stderr")
+    assert len(process.lines["stderr"]) == 1, process.describe()
+    ends = " holds no public key$" if kind == "wrong length" else ""
+    process.expect(rf"^Cannot use the keys: .*{re.escape(bad_keys[kind])}{ends}", "stderr")
     assert process.stdout == ""
 
 
-def test_a_secret_key_file_that_others_may_read_is_used_with_a_warning(
-    launch: Launcher, endpoints: Endpoints, keys: Keys, tmp_path: Path
+@pytest.mark.parametrize("script", SECURE_SERVERS)
+@pytest.mark.parametrize("case", ["no such folder", "a file", "a bad key file in it"])
+def test_a_bad_allow_list_is_named_in_one_line_before_any_socket_opens(
+    launch: Launcher, endpoints: Endpoints, tmp_path: Path, keys: Keys, script: str, case: str
 ) -> None:
-    endpoint = endpoints.ipc("reqrep")
-    leaky = tmp_path / "leaky.key_secret"
-    shutil.copy(keys.secret("server"), leaky)
-    leaky.chmod(0o644)
-
-    server = reply_server(launch, endpoint, "--curve-secret", str(leaky))
-
-    server.expect(
-        rf"^Warning: others may read {leaky}; keep it secret: chmod 600 {leaky}$", "stderr"
-    )
-    client = launch.script(
-        "client_req_repl.py", "--connect", endpoint, "--curve-server", keys.public("server")
-    )
-    assert client.wait() == 0, client.describe()
-    assert "Warning" not in client.stderr
-
-
-def test_a_client_given_the_servers_secret_file_warns_that_it_should_stay_on_the_server(
-    launch: Launcher, endpoints: Endpoints, keys: Keys
-) -> None:
-    endpoint = endpoints.ipc("reqrep")
-    reply_server(launch, endpoint, "--curve-secret", keys.secret("server"))
-
-    client = launch.script(
-        "client_req_repl.py", "--connect", endpoint, "--curve-server", keys.secret("server")
-    )
-
-    assert client.wait() == 0, client.describe()
-    client.expect(r"holds the server's secret key, which should never leave the server", "stderr")
-
-
-@pytest.mark.parametrize(
-    "script,case",
-    [
-        ("server_req_repl.py", "not a folder"),
-        ("server_req_repl.py", "no key file"),
-        ("server_req_repl.py", "a broken key file"),
-        ("server_broadcast.py", "a broken key file"),
-        ("server_pipeline.py", "a broken key file"),
-    ],
-)
-def test_an_allow_list_that_is_not_a_folder_of_key_files_is_refused(
-    launch: Launcher, tmp_path: Path, keys: Keys, script: str, case: str
-) -> None:
-    folder = tmp_path / "allowed"
-    if case == "not a folder":
-        named, line = folder, r"not a folder\."
-    else:
+    folder = tmp_path / "clients"
+    named = folder
+    if case == "a file":
+        folder.write_text("not a folder\n")
+    elif case == "a bad key file in it":
         folder.mkdir()
-        named, line = folder, r"it holds no NAME\.key file, so no client could\."
-    if case == "a broken key file":
         shutil.copy(keys.public("client"), folder / "client.key")
-        (folder / "someone.key").write_text("not a key\n")
-        named, line = folder / "someone.key", r"it holds no public key\."
+        named = folder / "someone.key"
+        named.write_text("not a key\n")
 
     process = launch.script(
-        script, "--curve-secret", keys.secret("server"), "--curve-clients", str(folder)
-    )
+        script, *bound(script, endpoints),
+        "--curve-secret", keys.secret("server"), "--curve-clients", str(folder),
+    )  # fmt: skip
 
     assert process.wait() == 1, process.describe()
-    process.expect(rf"^Cannot use {named}: {line}$", "stderr")
+    assert len(process.lines["stderr"]) == 1, process.describe()
+    process.expect(rf"^Cannot use the keys: .*{re.escape(str(named))}$", "stderr")
+    assert not any(endpoints.folder.iterdir()), list(endpoints.folder.iterdir())
     assert process.stdout == ""
 
 
@@ -732,7 +985,7 @@ def test_an_allow_list_that_is_not_a_folder_of_key_files_is_refused(
     reason="needs root and setpriv to drop the capability that lets root read any file",
 )
 def test_an_unreadable_key_file_is_named_in_one_line(
-    launch: Launcher, tmp_path: Path, keys: Keys
+    launch: Launcher, endpoints: Endpoints, tmp_path: Path, keys: Keys
 ) -> None:
     locked = tmp_path / "locked.key_secret"
     shutil.copy(keys.secret("server"), locked)
@@ -740,269 +993,12 @@ def test_an_unreadable_key_file_is_named_in_one_line(
     # Root reads any file through CAP_DAC_OVERRIDE: drop it, as for an ordinary user.
     drop = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search"]
 
-    process = launch.script("server_req_repl.py", "--curve-secret", str(locked), prefix=drop)
+    process = launch.script(
+        "secure/server_req_repl.py", "--bind", endpoints.ipc("main"),
+        "--curve-secret", str(locked), prefix=drop,
+    )  # fmt: skip
 
     assert process.wait() == 1, process.describe()
-    process.expect(rf"^Cannot read {locked}: Permission denied\.$", "stderr")
-
-
-def test_a_pyzmq_without_curve_is_named_in_one_line(
-    launch: Launcher, tmp_path: Path, keys: Keys
-) -> None:
-    # sitecustomize runs before the script: it makes this pyzmq say it has no CURVE.
-    (tmp_path / "sitecustomize.py").write_text(
-        "import zmq\n"
-        "has = zmq.has\n"
-        "zmq.has = lambda capability: capability != 'curve' and has(capability)\n"
-    )
-    env = {"PYTHONPATH": str(tmp_path)}
-
-    for script, flags in [
-        ("server_req_repl.py", ["--curve-secret", keys.secret("server")]),
-        ("client_pipeline.py", ["--curve-server", keys.public("server")]),
-    ]:
-        process = launch.script(script, *flags, env=env)
-        assert process.wait() == 1, process.describe()
-        process.expect(r": this pyzmq was built without CURVE\.$", "stderr")
-
-
-@pytest.mark.parametrize(
-    "script,flag,needs",
-    [
-        ("server_req_repl.py", "--curve-clients", "--curve-secret"),
-        ("client_req_repl.py", "--curve-secret", "--curve-server"),
-        ("client_pipeline.py", "--curve-secret", "--curve-server"),
-    ],
-)
-def test_a_curve_flag_without_its_partner_is_a_usage_error(
-    launch: Launcher, keys: Keys, script: str, flag: str, needs: str
-) -> None:
-    process = launch.script(script, flag, str(keys.folder))
-
-    assert process.wait() == 2, process.describe()
-    process.expect(rf"error: {flag} needs {needs}$", "stderr")
-
-
-def test_keys_made_by_the_readmes_command_work(tmp_path: Path) -> None:
-    """The README's one command for key files, as written there."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    command = next(line for line in readme.splitlines() if "create_certificates(" in line)
-    # The same command, with this environment's Python instead of one that uv would make.
-    command = command.replace("uv run --with pyzmq python", shlex.quote(sys.executable))
-    subprocess.run(
-        ["sh", "-c", command],
-        cwd=tmp_path,
-        check=True,
-        timeout=WAIT,
-    )
-    assert sorted(path.name for path in (tmp_path / "keys").iterdir()) == [
-        "client.key", "client.key_secret", "server.key", "server.key_secret",
-    ]  # fmt: skip
-
-
-REFUSAL_LINE = r"^Refused (a|\d+ more) connections?"
-
-
-def be_refused(
-    context: zmq.Context[zmq.Socket[bytes]], keys: Keys, endpoint: str, times: int
-) -> None:
-    """Be refused `times` times by the server at `endpoint`, as a bare client with a wrong server
-    key: libzmq connects again after each refusal, about ten times a second."""
-    client = context.socket(zmq.REQ)
-    client.curve_serverkey, _ = zmq.auth.load_certificate(keys.public("impostor"))
-    client.curve_publickey, client.curve_secretkey = zmq.curve_keypair()
-    monitor = client.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-    client.connect(endpoint)
-    for _ in range(times):
-        wait_for_event(monitor, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-    client.close(linger=0)
-
-
-def refusals_in(line: str) -> int:
-    """How many refused connections a line of the server's stderr reports."""
-    match = re.match(REFUSAL_LINE, line)
-    if match is None:
-        return 0
-    return 1 if match[1] == "a" else int(match[1].split()[0])
-
-
-# Slow by design: it waits out the script's fixed hint or repeat time.
-@pytest.mark.slow
-def test_a_client_refused_again_and_again_fills_one_line_a_second_and_every_refusal_is_counted(
-    launch: Launcher, endpoints: Endpoints, keys: Keys, context: zmq.Context[zmq.Socket[bytes]]
-) -> None:
-    endpoint = endpoints.tcp()
-    server = reply_server(launch, endpoint, *server_with_keys(keys))
-    refused = 12
-    be_refused(context, keys, endpoint, refused)
-
-    counted = 0
-    while counted < refused:
-        counted += refusals_in(server.expect(REFUSAL_LINE, "stderr")[0])
-    # One more may have been on its way when the client closed.
-    assert counted <= refused + 1, server.describe()
-    assert len(server.lines["stderr"]) <= refused / 2, server.describe()
-
-
-@pytest.fixture
-def handshake_cutter() -> Iterator[str]:
-    """A TCP endpoint that accepts each connection and closes it at once, as a server that
-    refuses every handshake looks to a client that cannot tell why."""
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def cut() -> None:
-        while True:
-            try:
-                connection, _ = listener.accept()
-            except OSError:
-                return
-            connection.close()
-
-    threading.Thread(target=cut, daemon=True).start()
-    yield f"tcp://127.0.0.1:{listener.getsockname()[1]}"
-    listener.close()
-
-
-@pytest.mark.parametrize(
-    "script,line",
-    [
-        (
-            "client_req_repl.py",
-            r"^No reply from \S+ within 1 s: the server cut off every handshake",
-        ),
-        ("client_broadcast.py", r"^No message from \S+ within 1 s: it cut off every handshake"),
-    ],
-)
-def test_a_plaintext_client_whose_every_handshake_is_cut_off_suggests_curve(
-    launch: Launcher, handshake_cutter: str, script: str, line: str
-) -> None:
-    client = launch.script(script, "--connect", handshake_cutter, "--timeout", "1")
-
-    assert client.wait() == 1, client.describe()
-    client.expect(
-        line + r"\. If it uses CURVE, pass --curve-server with its public key file\.$", "stderr"
-    )
-
-
-# A mismatch that only one side can see, made certain: a raw peer offers the other mechanism
-# and never hangs up first, so the script always reads what it offered.
-
-
-def offer_and_wait_for_hang_up(
-    connection: socket.socket, mechanism: bytes, as_server: bool
-) -> None:
-    """Send a whole ZMTP greeting offering `mechanism`, then read until the other end hangs up."""
-    connection.settimeout(WAIT)
-    connection.sendall(zmtp_greeting(mechanism, as_server))
-    with contextlib.suppress(ConnectionResetError):
-        while connection.recv(4096):
-            pass
-
-
-CLIENTS = ["client_req_repl.py", "client_broadcast.py", "client_pipeline.py"]
-SERVERS = ["server_req_repl.py", "server_broadcast.py", "server_pipeline.py"]
-
-
-def client_of(script: str, endpoint: str, endpoints: Endpoints) -> tuple[str, ...]:
-    """The arguments that point a client script at `endpoint`, waiting as long as it takes."""
-    if script == "client_pipeline.py":
-        return ("--connect", endpoint, "--results", endpoints.tcp())
-    return ("--connect", endpoint, "--timeout", NEVER)
-
-
-def server_on(script: str, endpoint: str, endpoints: Endpoints) -> tuple[str, ...]:
-    """The arguments that bind a server script on `endpoint`."""
-    if script == "server_pipeline.py":
-        return ("--bind", endpoint, "--results", endpoints.tcp())
-    return ("--bind", endpoint)
-
-
-@pytest.mark.parametrize("script", CLIENTS)
-@pytest.mark.parametrize("curve", [False, True], ids=["plaintext", "curve"])
-def test_a_client_that_reads_another_mechanism_in_the_servers_greeting_says_they_disagree(
-    launch: Launcher, endpoints: Endpoints, keys: Keys, script: str, curve: bool
-) -> None:
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        listener.settimeout(WAIT)
-        endpoint = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
-        client = launch.script(
-            script,
-            *client_of(script, endpoint, endpoints),
-            *(client_with_keys(keys) if curve else ()),
-        )
-        connection, _ = listener.accept()
-        with connection:
-            # A CURVE server says it is the server; NULL has no such role.
-            offer_and_wait_for_hang_up(connection, b"NULL" if curve else b"CURVE", not curve)
-
-    assert client.wait() == 1, client.describe()
-    said = SERVER_HAS_NO_CURVE if curve else CLIENT_HAS_NO_CURVE
-    client.expect(rf"^This client and the server at {re.escape(endpoint)} {said}", "stderr")
-    assert "Traceback" not in client.stderr
-
-
-@pytest.mark.parametrize("script", SERVERS)
-@pytest.mark.parametrize("curve", [False, True], ids=["plaintext", "curve"])
-def test_a_server_that_reads_another_mechanism_in_a_clients_greeting_refuses_it(
-    launch: Launcher, endpoints: Endpoints, keys: Keys, script: str, curve: bool
-) -> None:
-    port = endpoints.tcp_port()
-    server = launch.script(
-        script, *server_on(script, f"tcp://127.0.0.1:{port}", endpoints),
-        *(server_with_keys(keys) if curve else ()),
-    )  # fmt: skip
-    server.expect(r"^(Request-reply server|Publishing|Ventilator) on ")
-
-    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as connection:
-        offer_and_wait_for_hang_up(connection, b"NULL" if curve else b"CURVE", False)
-
-    if curve:
-        server.expect(r"^Refused a connection: the client does not use CURVE \(it needs ", "stderr")
-    else:
-        server.expect(
-            r"^Refused a connection: the client uses CURVE and this server does not ", "stderr"
-        )
-    assert "Traceback" not in server.stderr
-
-
-@pytest.mark.parametrize("folder", ["*", "gl[1]"])
-def test_an_allow_list_whose_name_looks_like_a_pattern_lets_in_only_its_keys(
-    launch: Launcher, endpoints: Endpoints, keys: Keys, tmp_path: Path, folder: str
-) -> None:
-    # pyzmq's own folder reader takes "*" to mean any client, and globs the folder's name.
-    (tmp_path / folder).mkdir()
-    shutil.copy(keys.public("client"), tmp_path / folder / "client.key")
-    endpoint = endpoints.tcp()
-    server = launch.script(
-        "server_req_repl.py", "--bind", endpoint,
-        "--curve-secret", keys.secret("server"), "--curve-clients", folder,
-        prefix=["env", "-C", str(tmp_path)],
-    )  # fmt: skip
-    server.expect(
-        rf"^CURVE: encrypted; only clients with a public key file in {re.escape(folder)} "
-    )
-
-    stranger = launch.script(
-        "client_req_repl.py", "--connect", endpoint, "--timeout", NEVER,
-        *client_with_keys(keys, "stranger"),
-    )  # fmt: skip
-    assert stranger.wait() == 1, stranger.describe()
-    stranger.expect(REFUSED_KEY, "stderr")
-    client = launch.script("client_req_repl.py", "--connect", endpoint, *client_with_keys(keys))
-    assert client.wait() == 0, client.describe()
-
-
-def test_refusals_not_yet_printed_are_counted_at_exit(
-    launch: Launcher, endpoints: Endpoints, keys: Keys, context: zmq.Context[zmq.Socket[bytes]]
-) -> None:
-    endpoint = endpoints.tcp()
-    server = reply_server(launch, endpoint, *server_with_keys(keys))
-    refused = 6
-    be_refused(context, keys, endpoint, refused)
-
-    server.signal(signal.SIGINT)
-
-    assert server.wait() == 130, server.describe()
-    counted = sum(refusals_in(line) for line in server.lines["stderr"])
-    # One more may have been on its way when the client closed.
-    assert refused <= counted <= refused + 1, server.describe()
+    assert len(process.lines["stderr"]) == 1, process.describe()
+    process.expect(rf"^Cannot use the keys: .*Permission denied: '{re.escape(str(locked))}'$",
+                   "stderr")  # fmt: skip
