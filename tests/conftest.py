@@ -77,7 +77,11 @@ class Process:
     """A running script whose stdout and stderr are collected line by line as they come."""
 
     def __init__(
-        self, argv: Sequence[str], env: dict[str, str] | None = None, unbuffered: bool = True
+        self,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        unbuffered: bool = True,
+        read_stdout: bool = True,
     ) -> None:
         self.argv = list(argv)
         self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
@@ -99,9 +103,11 @@ class Process:
             errors="backslashreplace",
             start_new_session=True,
         )
+        # Unless a test holds the output back, as a paused terminal does: it reads it itself.
+        streams = [("stdout", self.popen.stdout)] * read_stdout + [("stderr", self.popen.stderr)]
         self._readers = [
             threading.Thread(target=self._read, args=(name, stream), daemon=True)
-            for name, stream in (("stdout", self.popen.stdout), ("stderr", self.popen.stderr))
+            for name, stream in streams
         ]
         for reader in self._readers:
             reader.start()
@@ -202,9 +208,13 @@ class Launcher:
         self.processes: list[Process] = []
 
     def start(
-        self, argv: Sequence[str], env: dict[str, str] | None = None, unbuffered: bool = True
+        self,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        unbuffered: bool = True,
+        read_stdout: bool = True,
     ) -> Process:
-        process = Process(argv, env, unbuffered)
+        process = Process(argv, env, unbuffered, read_stdout)
         self.processes.append(process)
         return process
 
@@ -215,9 +225,11 @@ class Launcher:
         prefix: Sequence[str] = (),
         env: dict[str, str] | None = None,
         unbuffered: bool = True,
+        read_stdout: bool = True,
     ) -> Process:
         """Run one of the repository's six scripts, as `python SCRIPT ARGS`."""
-        return self.start([*prefix, sys.executable, str(ROOT / name), *args], env, unbuffered)
+        argv = [*prefix, sys.executable, str(ROOT / name), *args]
+        return self.start(argv, env, unbuffered, read_stdout)
 
     def reply_server(self, endpoint: str) -> Process:
         """server_req_repl.py, once it is waiting for requests."""
@@ -381,6 +393,9 @@ def tasks_per_worker(ventilator: Process) -> dict[str, int]:
 def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
     """A ZeroMQ context for the test's own bare sockets, destroyed without lingering."""
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    # For every socket made from it: one the test no longer holds is closed when it is collected,
+    # before destroy() can set its linger, and would make destroy() wait for ever to deliver.
+    context.setsockopt(zmq.LINGER, 0)
     try:
         yield context
     finally:
