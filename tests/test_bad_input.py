@@ -362,7 +362,9 @@ def test_the_ventilator_drops_a_peer_that_sends_to_its_task_socket(
 ) -> None:
     pipeline = Pipeline(launch, endpoints.tcp(), endpoints.ipc("results"))
     port = int(pipeline.tasks.rsplit(":", 1)[1])
-    ventilator = pipeline.ventilator("--workers", "1", "--tasks", "3", "--timeout", "0.5")
+    # The run may start once the hostile peer has gone, before the worker has even started: the
+    # wait for results must outlast that start.
+    ventilator = pipeline.ventilator("--workers", "1", "--tasks", "3", "--timeout", str(WAIT))
     ventilator.expect(r"^Waiting for 1 worker to connect\.$")
     idle_memory = ventilator.peak_memory_bytes()
 
