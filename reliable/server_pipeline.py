@@ -239,7 +239,7 @@ class Run:
         elapsed = time.monotonic() - self.started
         print(f"All {len(self.workloads)} results in.")
         if self.rounds:
-            print(f"Sent {self.sent_again} tasks again; ignored {self.duplicates} duplicates.")
+            print(f"Tasks sent again: {self.sent_again}; duplicates ignored: {self.duplicates}.")
         for worker_name, count in sorted(self.tasks_per_worker.items()):
             print(f"  {worker_name!r}: {count} tasks")
         workers = len(self.tasks_per_worker)

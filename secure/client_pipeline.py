@@ -41,6 +41,7 @@ LINK_EVENTS = (
     | zmq.EVENT_DISCONNECTED
     | zmq.EVENT_CONNECT_RETRIED
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
@@ -125,7 +126,7 @@ class Connection:
 
     def __init__(self, socket: zmq.Socket[bytes], monitor: zmq.Socket[bytes], endpoint: str):
         self.socket, self.monitor, self.endpoint = socket, monitor, endpoint
-        self.connected, self.lost_at, self.our_key = False, 0.0, ""
+        self.connected, self.lost_at, self.our_key, self.cut_off = False, 0.0, "", False
 
     def update(self) -> bool:
         while self.monitor.poll(0):
@@ -134,6 +135,9 @@ class Connection:
             event = struct.unpack("=H", first_frame[:2])[0]
             if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # libzmq will not try again.
                 raise SystemExit(f"The server at {self.endpoint} refused our key {self.our_key}.")
+            if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and not self.cut_off:
+                print(f"{self.endpoint} refused the handshake: wrong server key?", file=sys.stderr)
+            self.cut_off |= event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
             self.connected = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
             # libzmq says when it will try again; after a protocol error it never does.
             self.lost_at = time.monotonic() if event == zmq.EVENT_DISCONNECTED else 0.0
@@ -165,10 +169,11 @@ def load_task(frames: list[bytes]) -> tuple[str, int, "int | None"]:
 
 
 def load_key(path: str, secret: bool = False) -> bytes:
-    """The public key in a NAME.key file, or the secret one in NAME.key_secret, as
-    zmq.auth.create_certificates writes them."""
-    public_key, secret_key = zmq.auth.load_certificate(path)
-    key = (secret_key if secret else public_key) or b""
+    """The key in NAME.key, or with secret=True in NAME.key_secret (zmq.auth's key files)."""
+    try:
+        key = zmq.auth.load_certificate(path)[1 if secret else 0] or b""
+    except IndexError:  # pyzmq's way of saying that a key line has no "=".
+        key = b""
     if len(key) != 40 or not set(key) <= set(zmq.utils.z85.Z85CHARS):
         raise ValueError(f"{path} holds no {'secret' if secret else 'public'} key")
     return key

@@ -148,10 +148,11 @@ def printable(frames: list[bytes]) -> str:
 
 
 def load_key(path: str, secret: bool = False) -> bytes:
-    """The public key in a NAME.key file, or the secret one in NAME.key_secret, as
-    zmq.auth.create_certificates writes them."""
-    public_key, secret_key = zmq.auth.load_certificate(path)
-    key = (secret_key if secret else public_key) or b""
+    """The key in NAME.key, or with secret=True in NAME.key_secret (zmq.auth's key files)."""
+    try:
+        key = zmq.auth.load_certificate(path)[1 if secret else 0] or b""
+    except IndexError:  # pyzmq's way of saying that a key line has no "=".
+        key = b""
     if len(key) != 40 or not set(key) <= set(zmq.utils.z85.Z85CHARS):
         raise ValueError(f"{path} holds no {'secret' if secret else 'public'} key")
     return key

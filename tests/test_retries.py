@@ -154,7 +154,7 @@ def test_tasks_lost_with_a_killed_worker_are_sent_again_to_the_others(
 
     assert ventilator.wait() == 0, ventilator.describe()
     ventilator.expect(r"^All 15 results in\.$")
-    again = ventilator.expect(r"^Sent (\d+) tasks again; ignored (\d+) duplicates\.$")
+    again = ventilator.expect(r"^Tasks sent again: (\d+); duplicates ignored: (\d+)\.$")
     assert int(again[1]) > 0
     counts = tasks_per_worker(ventilator)
     assert sum(counts.values()) == 15
@@ -240,7 +240,7 @@ def test_a_result_that_comes_after_its_task_was_sent_again_counts_once(
 
     assert ventilator.wait() == 0, ventilator.describe()
     ventilator.expect(rf"^Ignored a result: task {slow[2]} was answered already$", "stderr")
-    ventilator.expect(r"^Sent 3 tasks again; ignored 1 duplicates\.$")
+    ventilator.expect(r"^Tasks sent again: 3; duplicates ignored: 1\.$")
     assert tasks_per_worker(ventilator) == {"slow": 1, "w": 2}
 
 
@@ -276,7 +276,7 @@ def test_a_result_that_comes_while_its_task_waits_to_be_sent_again_cancels_that(
     for task in sent_again:
         answer(results, task)
     assert ventilator.wait() == 0, ventilator.describe()
-    ventilator.expect(r"^Sent 2 tasks again; ignored 0 duplicates\.$")
+    ventilator.expect(r"^Tasks sent again: 2; duplicates ignored: 0\.$")
     assert not second_worker.poll(0), "an answered task went out again"
 
 
