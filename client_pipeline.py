@@ -61,16 +61,14 @@ def work(args: argparse.Namespace) -> int:
         zmq.Context() as context,
         context.socket(zmq.PULL) as receiver,
         context.socket(zmq.PUSH) as sender,
-        receiver.get_monitor_socket(LINK_EVENTS) as monitor,
+        receiver.get_monitor_socket(LINK_EVENTS) as receiver_monitor,
+        sender.get_monitor_socket(LINK_EVENTS) as sender_monitor,
     ):
         for socket in (receiver, sender):
-            # Tasks and results are tiny: a bigger frame is not from our ventilator or sink.
-            socket.setsockopt(zmq.MAXMSGSIZE, 4096)
+            socket.setsockopt(zmq.MAXMSGSIZE, 4096)  # Ours are tiny: drop a peer sending more.
             # TCP keepalive drops a peer whose host vanished without a goodbye, within about 5 s.
-            socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
-            socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 2)
-            socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
-            socket.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
+            socket.tcp_keepalive, socket.tcp_keepalive_idle = 1, 2  # On, after 2 s of quiet;
+            socket.tcp_keepalive_intvl, socket.tcp_keepalive_cnt = 1, 3  # 3 probes, 1 s apart.
         # At exit, queued results get half a second to reach the sink: a dead one must not hold us.
         sender.setsockopt(zmq.LINGER, 500)
         try:
@@ -81,10 +79,12 @@ def work(args: argparse.Namespace) -> int:
             return 1
         print(f"Worker {args.name} waits for tasks from {args.connect} (Ctrl-C to stop).")
         signal.pthread_sigmask(signal.SIG_SETMASK, [])  # Ctrl-C and SIGTERM stop it from here on.
-        ventilator = Connection(receiver, monitor, args.connect)
+        ventilator = Connection(receiver, receiver_monitor, args.connect)
+        sink = Connection(sender, sender_monitor, args.results)
 
         while True:
-            if not receiver.poll(100):  # 0.1 s at a time, to read the monitor in between.
+            sink.update()
+            if not receiver.poll(100):  # 0.1 s at a time, to read the monitors in between.
                 ventilator.update()
                 continue
             try:

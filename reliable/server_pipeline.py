@@ -158,6 +158,8 @@ class Workers:
         while (remaining := start_at - time.monotonic()) > 0:
             if self.monitor.poll(max(1, int(remaining * 1000))) and self.update(wanted) > 0:
                 start_at = min(time.monotonic() + JOIN_QUIET_SECONDS, give_up_at)
+        if len(self.connected) < wanted:  # One left in the meantime: wait for another.
+            self.wait_for(wanted)
 
     def update(self, wanted: int = 0) -> int:
         """Take one monitor event, print the count if it changed, and return the change."""
@@ -245,7 +247,7 @@ class Run:
         workers = len(self.tasks_per_worker)
         ideal = self.total_work_ms / 1000 / workers
         print(f"Total simulated work: {self.total_work_ms / 1000:.2f} s")
-        print(f"Elapsed: {elapsed:.2f} s (ideal with {workers} equal workers: {ideal:.2f} s)")
+        print(f"Elapsed: {elapsed:.2f} s (ideal, {workers} workers of one speed: {ideal:.2f} s)")
 
 
 def load_result(frames: list[bytes]) -> tuple[str, str, object, object]:
@@ -274,10 +276,8 @@ def set_listen_backlog_and_keepalive(socket: zmq.Socket[bytes]) -> None:
     socket.setsockopt(zmq.BACKLOG, 1024)
     # TCP keepalive: a peer's kernel answers it even while the peer is busy, so only a host
     # that has gone (unplugged, powered off) is dropped, within about 5 s of going quiet.
-    socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
-    socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 2)
-    socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
-    socket.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
+    socket.tcp_keepalive, socket.tcp_keepalive_idle = 1, 2  # On, after 2 s of quiet;
+    socket.tcp_keepalive_intvl, socket.tcp_keepalive_cnt = 1, 3  # 3 probes, 1 s apart.
 
 
 def stop(signum: int, frame: object) -> None:

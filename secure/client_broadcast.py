@@ -73,10 +73,8 @@ def print_messages(args: argparse.Namespace) -> int:
         public_key, subscriber.curve_secretkey = our_key_pair(args.curve_secret)
         subscriber.curve_publickey = public_key
         # TCP keepalive drops a publisher whose host vanished within 5 s, to connect again.
-        subscriber.setsockopt(zmq.TCP_KEEPALIVE, 1)
-        subscriber.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 2)
-        subscriber.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
-        subscriber.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
+        subscriber.tcp_keepalive, subscriber.tcp_keepalive_idle = 1, 2  # On, after 2 s of quiet;
+        subscriber.tcp_keepalive_intvl, subscriber.tcp_keepalive_cnt = 1, 3  # 3 probes, 1 s apart.
         try:
             subscriber.connect(args.connect)
         except (zmq.ZMQError, UnicodeError) as error:

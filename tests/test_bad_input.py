@@ -6,6 +6,7 @@ import contextlib
 import os
 import pickle
 import re
+import signal
 import socket
 from pathlib import Path
 
@@ -408,3 +409,27 @@ def test_a_subscriber_given_a_message_of_many_frames_prints_its_start_only(
     publisher.send_multipart(frames)
     assert subscriber.wait() == 0, subscriber.describe()
     assert all(len(line) < 400 for line in subscriber.lines["stdout"])
+
+
+def test_a_worker_dropped_by_a_wrong_sink_connects_again_to_the_right_one(
+    launch: Launcher, endpoints: Endpoints
+) -> None:
+    pipeline = Pipeline(launch, endpoints.ipc("tasks"), endpoints.tcp())
+    # A request-reply server started on the results port by mistake: libzmq refuses a PUSH peer
+    # there and does not try again. The worker, started beside it, must connect once it is gone.
+    wrong = launch.script("server_req_repl.py", "--bind", pipeline.results)
+    wrong.expect(r"^Request-reply server on ")
+    worker = pipeline.worker("w")
+    worker.expect(r"^Dropped tcp://\S+ for breaking the protocol", stream="stderr")
+    wrong.signal(signal.SIGTERM)
+    assert wrong.wait() == 130, wrong.describe()
+
+    # A result queued as the last wrong connection was dropped goes with it: the reliable
+    # ventilator's retries cover that, soon with a short timeout, and count each result once.
+    ventilator = launch.script(
+        "reliable/server_pipeline.py", "--bind", pipeline.tasks, "--results", pipeline.results,
+        "--workers", "1", "--tasks", "3", "--timeout", "0.2", "--retries", "10",
+    )  # fmt: skip
+
+    assert ventilator.wait() == 0, ventilator.describe() + worker.describe()
+    assert tasks_per_worker(ventilator) == {"w": 3}

@@ -36,7 +36,7 @@ def test_three_workers_share_the_tasks_and_the_sink_collects_every_result(
     ventilator.expect(r"^All 30 results in\.$")
     assert tasks_per_worker(ventilator) == {"alpha": 10, "beta": 10, "gamma": 10}
     ventilator.expect(r"^Total simulated work: \d+\.\d\d s$")
-    ventilator.expect(r"^Elapsed: \d+\.\d\d s \(ideal with 3 equal workers: \d+\.\d\d s\)$")
+    ventilator.expect(r"^Elapsed: \d+\.\d\d s \(ideal, 3 workers of one speed: \d+\.\d\d s\)$")
     # Each worker printed its ten tasks; wait for the lines, which may still be on their way.
     for worker in workers:
         for _ in range(10):
