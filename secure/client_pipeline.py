@@ -61,6 +61,9 @@ def main() -> int:
     except KeyboardInterrupt:
         print("Interrupted: shutting down.", file=sys.stderr)
         return 130
+    except (zmq.ZMQError, UnicodeError) as error:
+        print(f"Cannot connect: {error}", file=sys.stderr)
+        return 1
     except (OSError, ValueError) as error:
         print(f"Cannot use the keys: {error}", file=sys.stderr)
         return 1
@@ -87,12 +90,8 @@ def work(args: argparse.Namespace) -> int:
             socket.tcp_keepalive_intvl, socket.tcp_keepalive_cnt = 1, 3  # 3 probes, 1 s apart.
         # At exit, queued results get half a second to reach the sink: a dead one must not hold us.
         sender.setsockopt(zmq.LINGER, 500)
-        try:
-            receiver.connect(args.connect)
-            sender.connect(args.results)
-        except (zmq.ZMQError, UnicodeError) as error:
-            print(f"Cannot connect: {error}", file=sys.stderr)
-            return 1
+        receiver.connect(args.connect)  # A malformed endpoint raises: main() says so in a line.
+        sender.connect(args.results)
         print(f"Worker {args.name} waits for tasks from {args.connect} (Ctrl-C to stop).")
         signal.pthread_sigmask(signal.SIG_SETMASK, [])  # Ctrl-C and SIGTERM stop it from here on.
         ventilator = Connection(receiver, receiver_monitor, args.connect)
@@ -100,7 +99,6 @@ def work(args: argparse.Namespace) -> int:
         ventilator.our_key = sink.our_key = public_key.decode()
 
         while True:
-            sink.update()
             if not receiver.poll(100):  # 0.1 s at a time, to read the monitors in between.
                 ventilator.update()
                 continue
@@ -116,7 +114,7 @@ def work(args: argparse.Namespace) -> int:
             print(f"Task from {run_name!r}: {workload_ms} ms")  # repr escapes terminal codes.
             time.sleep(workload_ms / 1000)
             result = (args.name, run_name, workload_ms, task_id)[: 3 if task_id is None else 4]
-            sender.send(pickle.dumps(result))
+            sink.send(pickle.dumps(result))
 
 
 class Connection:
@@ -145,6 +143,11 @@ class Connection:
             self.socket.connect(self.endpoint)
             self.lost_at = 0.0
         return self.connected
+
+    def send(self, message: bytes) -> None:
+        while not self.socket.poll(100, zmq.POLLOUT):  # Blocked in send, it could not update().
+            self.update()
+        self.socket.send(message)
 
 
 def load_task(frames: list[bytes]) -> tuple[str, int, "int | None"]:

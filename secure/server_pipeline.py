@@ -168,8 +168,6 @@ class Workers:
         while (remaining := start_at - time.monotonic()) > 0:
             if self.monitor.poll(max(1, int(remaining * 1000))) and self.update(wanted) > 0:
                 start_at = min(time.monotonic() + JOIN_QUIET_SECONDS, give_up_at)
-        if len(self.connected) < wanted:  # One left in the meantime: wait for another.
-            self.wait_for(wanted)
 
     def update(self, wanted: int = 0) -> int:
         """Take one monitor event, print the count if it changed, and return the change."""
