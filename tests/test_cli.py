@@ -24,6 +24,12 @@ PARTNERS = {
     "server_pipeline.py": "client_pipeline.py",
     "client_pipeline.py": "server_pipeline.py",
 }
+# The twins stand alone as well: each is a file a reader may copy on its own.
+TWINS = sorted(
+    str(path.relative_to(ROOT))
+    for folder in ("secure", "reliable")
+    for path in (ROOT / folder).glob("*.py")
+)
 DEFAULT_ENDPOINTS = {
     "server_req_repl.py": ["tcp://127.0.0.1:5555"],
     "client_req_repl.py": ["tcp://127.0.0.1:5555"],
@@ -44,7 +50,7 @@ def test_docstring_says_how_to_run_the_partner(script: str) -> None:
 
 
 @pytest.mark.skipif(sys.version_info < (3, 10), reason="needs sys.stdlib_module_names")
-@pytest.mark.parametrize("script", sorted(PARTNERS))
+@pytest.mark.parametrize("script", sorted(PARTNERS) + TWINS)
 def test_scripts_import_only_the_standard_library_and_zmq(script: str) -> None:
     tree = ast.parse((ROOT / script).read_text())
     imported: set[str] = set()
@@ -67,17 +73,17 @@ def copy_alone(script: str, elsewhere: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         folder = elsewhere  # No such folder to be had (a read-only home): a new one, as before.
-    copy = folder / script
+    copy = folder / Path(script).name
     if not copy.exists():
         # Two runs of the suite at once may both get here: each renames a whole copy into place.
-        partial = folder / f"{script}.{os.getpid()}.partial"
+        partial = folder / f"{copy.name}.{os.getpid()}.partial"
         partial.write_bytes(contents)
         os.replace(partial, copy)
     return copy
 
 
 @pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not installed")
-@pytest.mark.parametrize("script", sorted(PARTNERS))
+@pytest.mark.parametrize("script", sorted(PARTNERS) + TWINS)
 def test_a_script_copied_alone_runs_with_uv_run_and_its_help_names_the_default_endpoints(
     tmp_path: Path, script: str
 ) -> None:
@@ -93,7 +99,7 @@ def test_a_script_copied_alone_runs_with_uv_run_and_its_help_names_the_default_e
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: "), result.stdout
     help_text = " ".join(result.stdout.split())
-    for endpoint in DEFAULT_ENDPOINTS[script]:
+    for endpoint in DEFAULT_ENDPOINTS[Path(script).name]:
         assert endpoint in help_text
 
 
