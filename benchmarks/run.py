@@ -764,7 +764,7 @@ def read_summary(summary: str) -> tuple[float, dict[str, int]]:
     All 100 results in.
       'w0': 34 tasks
       ...
-    Elapsed: 1.83 s (ideal with 3 equal workers: 1.73 s)
+    Elapsed: 1.83 s (ideal, 3 workers of one speed: 1.73 s)
     """
     elapsed = re.search(r"^Elapsed: (\d+\.\d+) s", summary, re.M)
     if elapsed is None:
