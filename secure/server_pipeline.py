@@ -161,7 +161,9 @@ class Workers:
         """Return once `wanted` workers are connected and no other has joined for a moment."""
         print(f"Waiting for {wanted} worker{'s' * (wanted != 1)} to connect.")
         while len(self.connected) < wanted:
-            self.update(wanted)
+            # Waits of 0.1 s at most: a signal that lands just as a wait begins is seen as it ends.
+            if self.monitor.poll(100):
+                self.update(wanted)
         # Only a join extends the wait, never past a second: a port scanner must not hold it up.
         give_up_at = time.monotonic() + 5 * JOIN_QUIET_SECONDS
         start_at = time.monotonic() + JOIN_QUIET_SECONDS

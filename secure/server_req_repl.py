@@ -86,6 +86,9 @@ def serve(args: argparse.Namespace) -> int:
         signal.pthread_sigmask(signal.SIG_SETMASK, [])  # Ctrl-C and SIGTERM stop it from here on.
 
         while True:
+            # Waits of 0.1 s at most: a signal that lands just as a wait begins is seen as it ends.
+            if not responder.poll(100):
+                continue
             # A Frame (copy=False) says whether more frames follow; none is kept.
             first = responder.recv(copy=False)
             if first.more:
