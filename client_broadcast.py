@@ -118,7 +118,7 @@ class Connection:
     def why_nothing_came(self, timeout: float, topic: str) -> str:
         waited = f"No message from {self.endpoint} within {timeout:g} s"
         if not self.ever_connected and self.cut_off:
-            return f"{waited}: it cut off every handshake. Does it use CURVE (secure/)?"
+            return f"{waited}: it cut off every handshake (not a publisher? CURVE?)."
         if not self.ever_connected:
             return f"{waited}. Is the publisher running? Start it with: uv run server_broadcast.py"
         if not self.connected:
@@ -139,8 +139,10 @@ def message_text(frames: list[zmq.Frame]) -> str:
 
 
 def stop(signum: int, frame: object) -> None:
-    """Ctrl-C or SIGTERM: stop once; a second signal stays blocked and cannot break the exit."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    """Ctrl-C or SIGTERM: stop once; a second signal cannot break the clean-up."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # Any later one waits, blocked.
+    for signum in STOP_SIGNALS:  # One already delivered runs a handler that does nothing.
+        signal.signal(signum, lambda *_: None)
     raise KeyboardInterrupt
 
 
@@ -160,6 +162,8 @@ def parse_arguments() -> argparse.Namespace:
         help="give up after this long without a message (None: wait for ever)",
     )  # fmt: skip
     args = parser.parse_args()
+    if args.count < 1:
+        parser.error(f"--count must be 1 or more, not {args.count}")
     if args.timeout is not None and not args.timeout > 0:
         parser.error(f"--timeout must be a number of seconds above 0, not {args.timeout}")
     if len(os.fsencode(args.topic)) > MAX_TOPIC_BYTES:

@@ -213,7 +213,7 @@ class Run:
         if run_name != self.name:
             raise ValueError(f"it answers another run's task ({run_name!r})")
         if not isinstance(task_id, int) or self.workloads.get(task_id) != workload_ms:
-            raise ValueError(f"this run has no task {task_id!r} of {workload_ms!r} ms")
+            raise ValueError("it answers no task of this run")
         if task_id in self.answered:
             raise ValueError(f"task {task_id} was answered already")
         return worker_name, task_id
@@ -253,6 +253,8 @@ def set_listen_backlog_and_keepalive(socket: zmq.Socket[bytes]) -> None:
     """Take a thousand workers joining at once, and drop one whose host vanished."""
     # libzmq's backlog of 100 makes the 101st joiner wait a second to try again.
     socket.setsockopt(zmq.BACKLOG, 1024)
+    # An idle connection costs a file descriptor until its handshake ends: 3 s, not libzmq's 30.
+    socket.setsockopt(zmq.HANDSHAKE_IVL, 3000)
     # TCP keepalive: a peer's kernel answers it even while the peer is busy, so only a host
     # that has gone (unplugged, powered off) is dropped, within about 5 s of going quiet.
     socket.tcp_keepalive, socket.tcp_keepalive_idle = 1, 2  # On, after 2 s of quiet;
@@ -260,8 +262,10 @@ def set_listen_backlog_and_keepalive(socket: zmq.Socket[bytes]) -> None:
 
 
 def stop(signum: int, frame: object) -> None:
-    """Ctrl-C or SIGTERM: stop once; a second signal stays blocked and cannot break the exit."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    """Ctrl-C or SIGTERM: stop once; a second signal cannot break the clean-up."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # Any later one waits, blocked.
+    for signum in STOP_SIGNALS:  # One already delivered runs a handler that does nothing.
+        signal.signal(signum, lambda *_: None)
     raise KeyboardInterrupt
 
 

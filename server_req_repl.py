@@ -50,7 +50,7 @@ def serve(args: argparse.Namespace) -> int:
     with zmq.Context() as context, context.socket(zmq.REP) as responder:
         # At exit, STOP's reply gets 0.2 s to leave: the post's client never reads it.
         responder.setsockopt(zmq.LINGER, 200)
-        # libzmq drops a client whose request is bigger: memory stays bounded.
+        # libzmq drops a client that sends a bigger frame (it caps frames, not whole messages).
         responder.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
         responder.setsockopt(zmq.RCVHWM, MAX_QUEUED_REQUESTS)
         responder.setsockopt(zmq.SNDHWM, MAX_QUEUED_REQUESTS)
@@ -89,6 +89,8 @@ def set_listen_backlog_and_keepalive(socket: zmq.Socket[bytes]) -> None:
     """Take a thousand clients joining at once, and drop one whose host vanished."""
     # libzmq's backlog of 100 makes the 101st joiner wait a second to try again.
     socket.setsockopt(zmq.BACKLOG, 1024)
+    # An idle connection costs a file descriptor until its handshake ends: 3 s, not libzmq's 30.
+    socket.setsockopt(zmq.HANDSHAKE_IVL, 3000)
     # TCP keepalive: a peer's kernel answers it even while the peer is busy, so only a host
     # that has gone (unplugged, powered off) is dropped, within about 5 s of going quiet.
     socket.tcp_keepalive, socket.tcp_keepalive_idle = 1, 2  # On, after 2 s of quiet;
@@ -103,8 +105,10 @@ def printable_bytes(data: bytes, limit: int = 200) -> str:
 
 
 def stop(signum: int, frame: object) -> None:
-    """Ctrl-C or SIGTERM: stop once; a second signal stays blocked and cannot break the exit."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    """Ctrl-C or SIGTERM: stop once; a second signal cannot break the clean-up."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # Any later one waits, blocked.
+    for signum in STOP_SIGNALS:  # One already delivered runs a handler that does nothing.
+        signal.signal(signum, lambda *_: None)
     raise KeyboardInterrupt
 
 

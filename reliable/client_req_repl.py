@@ -72,6 +72,9 @@ def request_and_print_replies(args: argparse.Namespace) -> int:
         # The bytes exactly as typed, even ones that are not UTF-8; then STOP, to end the server.
         requests = [os.fsencode(message) for message in args.messages]
         for request in requests + [b"STOP"] * (not args.no_stop):
+            if server.update().lost:  # Hung up since the last reply: nothing would answer.
+                print(server.why_no_reply(args.timeout), file=sys.stderr)
+                return 1
             requester.send(request)
             # A finite wait: with no server, REQ would wait for ever.
             for retry in range(1, args.retries + 1):
@@ -113,23 +116,27 @@ class Server:
         """True once a reply is there; False after `timeout` s, or once the connection is lost."""
         deadline = time.monotonic() + timeout
         while not self.requester.poll(100):  # 0.1 s at a time, to read the monitor in between.
-            while self.monitor.poll(0):
-                first_frame, _endpoint = self.monitor.recv_multipart()
-                # The event is the first 16 bits (zmq.utils.monitor would cost ~35 ms a start).
-                event = struct.unpack("=H", first_frame[:2])[0]
-                self.cut_off |= bool(event & HANDSHAKE_FAILED)
-                if event & CONNECTION_EVENTS:
-                    self.connected = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
-                    self.ever_connected |= self.connected
-                    self.lost |= not self.connected
             # libzmq connects again by itself, but REQ never sends a lost request again.
-            if self.lost or time.monotonic() >= deadline:
+            if self.update().lost or time.monotonic() >= deadline:
                 return False
         return True
 
+    def update(self) -> "Server":
+        """Take in what the monitor has reported since the last look."""
+        while self.monitor.poll(0):
+            first_frame, _endpoint = self.monitor.recv_multipart()
+            # The event is the first 16 bits (zmq.utils.monitor would cost ~35 ms a start).
+            event = struct.unpack("=H", first_frame[:2])[0]
+            self.cut_off |= bool(event & HANDSHAKE_FAILED)
+            if event & CONNECTION_EVENTS:
+                self.connected = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+                self.ever_connected |= self.connected
+                self.lost |= not self.connected
+        return self
+
     def why_no_reply(self, timeout: float) -> str:
         if not self.ever_connected and self.cut_off:
-            return f"No reply from {self.endpoint}: it cut off the handshake. Does it use CURVE?"
+            return f"No reply from {self.endpoint}: it cut off the handshake (not REP? CURVE?)."
         if self.lost:
             return f"No reply from {self.endpoint}: the connection was lost (server stopped?)."
         waited = f"No reply from {self.endpoint} within {timeout:g} s"
@@ -145,8 +152,10 @@ def printable(frames: list[bytes]) -> str:
 
 
 def stop(signum: int, frame: object) -> None:
-    """Ctrl-C or SIGTERM: stop once; a second signal stays blocked and cannot break the exit."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    """Ctrl-C or SIGTERM: stop once; a second signal cannot break the clean-up."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # Any later one waits, blocked.
+    for signum in STOP_SIGNALS:  # One already delivered runs a handler that does nothing.
+        signal.signal(signum, lambda *_: None)
     raise KeyboardInterrupt
 
 

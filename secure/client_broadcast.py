@@ -119,7 +119,9 @@ class Connection:
             if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # libzmq will not try again.
                 raise SystemExit(f"The server at {self.endpoint} refused our key {self.our_key}.")
             if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and not self.cut_off:
-                print(f"{self.endpoint} refused the handshake: wrong server key?", file=sys.stderr)
+                print(
+                    f"{self.endpoint} refused the handshake: wrong key? no CURVE?", file=sys.stderr
+                )
             self.cut_off |= bool(event & HANDSHAKE_FAILED)
             self.connected = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
             self.ever_connected |= self.connected
@@ -137,7 +139,7 @@ class Connection:
     def why_nothing_came(self, timeout: float, topic: str) -> str:
         waited = f"No message from {self.endpoint} within {timeout:g} s"
         if not self.ever_connected and self.cut_off:
-            return f"{waited}: it cut off every handshake. Does it use CURVE, and this key?"
+            return f"{waited}: it cut off every handshake (a wrong key? no CURVE?)."
         if not self.ever_connected:
             return f"{waited}. Is the publisher running? Start it with: uv run server_broadcast.py"
         if not self.connected:
@@ -177,8 +179,10 @@ def our_key_pair(path: "str | None") -> tuple[bytes, bytes]:
 
 
 def stop(signum: int, frame: object) -> None:
-    """Ctrl-C or SIGTERM: stop once; a second signal stays blocked and cannot break the exit."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    """Ctrl-C or SIGTERM: stop once; a second signal cannot break the clean-up."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # Any later one waits, blocked.
+    for signum in STOP_SIGNALS:  # One already delivered runs a handler that does nothing.
+        signal.signal(signum, lambda *_: None)
     raise KeyboardInterrupt
 
 
@@ -200,6 +204,8 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--curve-server", default="keys/server.key", metavar="FILE")
     parser.add_argument("--curve-secret", metavar="FILE", help="ours; None: made for this run")
     args = parser.parse_args()
+    if args.count < 1:
+        parser.error(f"--count must be 1 or more, not {args.count}")
     if args.timeout is not None and not args.timeout > 0:
         parser.error(f"--timeout must be a number of seconds above 0, not {args.timeout}")
     if len(os.fsencode(args.topic)) > MAX_TOPIC_BYTES:

@@ -132,7 +132,9 @@ class Connection:
             if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # libzmq will not try again.
                 raise SystemExit(f"The server at {self.endpoint} refused our key {self.our_key}.")
             if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and not self.cut_off:
-                print(f"{self.endpoint} refused the handshake: wrong server key?", file=sys.stderr)
+                print(
+                    f"{self.endpoint} refused the handshake: wrong key? no CURVE?", file=sys.stderr
+                )
             self.cut_off |= event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
             self.connected = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
             # libzmq says when it will try again; after a protocol error it never does.
@@ -189,8 +191,10 @@ def our_key_pair(path: "str | None") -> tuple[bytes, bytes]:
 
 
 def stop(signum: int, frame: object) -> None:
-    """Ctrl-C or SIGTERM: stop once; a second signal stays blocked and cannot break the exit."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    """Ctrl-C or SIGTERM: stop once; a second signal cannot break the clean-up."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # Any later one waits, blocked.
+    for signum in STOP_SIGNALS:  # One already delivered runs a handler that does nothing.
+        signal.signal(signum, lambda *_: None)
     raise KeyboardInterrupt
 
 

@@ -268,9 +268,9 @@ def test_results_are_matched_on_the_task_id_and_its_workload(
 
     assert ventilator.wait() == 0, ventilator.describe()
     assert ventilator.lines["stderr"] == [
-        f"Ignored a result: this run has no task {first_id} of {wrong} ms",
+        "Ignored a result: it answers no task of this run",
         "Ignored a result: expected a pickled (worker, run, workload, task id) of plain data",
-        f"Ignored a result: this run has no task 99 of {first} ms",
+        "Ignored a result: it answers no task of this run",
     ]
     ventilator.expect(rf"^Result 1/2 from 'w': task {first_id}, {first} ms$")
     ventilator.expect(rf"^Result 2/2 from 'w': task {second_id}, {second} ms$")
