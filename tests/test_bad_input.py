@@ -83,7 +83,21 @@ def bad_results(marker: Path, run_name: str, workload: int) -> dict[str, list[by
         "a bool task id": [pickle.dumps(("w", run_name, workload, True))],
         "a task id that is not a number": [pickle.dumps(("w", run_name, workload, "1"))],
         "a float workload": [pickle.dumps(("w", run_name, workload + 0.5, 1))],
+        # Plain data that costs whoever prints it: a repr that recurses 1,500 deep, or one that
+        # is 2**30 names long from 300 bytes.
+        "a workload nested 1,500 deep": [deeply_nested_result(run_name, 1500)],
+        "a workload of shared tuples": [pickle.dumps(("w", run_name, shared_value(30), 1))],
     }
+
+
+def deeply_nested_result(run_name: str, depth: int) -> bytes:
+    """A pickled ("w", run_name, ((((...)))), 1), written opcode by opcode: pickle.dumps would
+    recurse as deep as the tuples."""
+    name = run_name.encode()
+    return (
+        b"\x80\x02(" + b"X\x01\x00\x00\x00w" + b"X" + len(name).to_bytes(4, "little") + name
+        + b"(" * depth + b"t" * depth + b"K\x01t."
+    )  # fmt: skip
 
 
 def expect_one_line_each(process: Process, prefix: str, count: int) -> None:
@@ -268,13 +282,18 @@ def test_subscriber_prints_bytes_that_are_not_utf8(
     assert "Traceback" not in subscriber.stderr
 
 
-def shared_tuples(depth: int) -> bytes:
-    """A pickle of about 100 bytes whose repr would be 2**depth names long: each tuple holds
-    the one before it twice, and pickle stores it once."""
+def shared_value(depth: int) -> object:
+    """Tuples whose repr would be 2**depth names long: each holds the one before it twice, and
+    pickle stores each once."""
     value: object = "x"
     for _ in range(depth):
         value = (value, value)
-    return pickle.dumps(value)
+    return value
+
+
+def shared_tuples(depth: int) -> bytes:
+    """A pickle of about 100 bytes whose repr would be 2**depth names long."""
+    return pickle.dumps(shared_value(depth))
 
 
 # Messages that cost a careless unpickler or formatter gigabytes or minutes, as (name, message).

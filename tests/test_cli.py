@@ -115,6 +115,8 @@ def test_a_script_copied_alone_runs_with_uv_run_and_its_help_names_the_default_e
         # Bytes, not characters: 2,001 of them, each two bytes in UTF-8.
         ("client_broadcast.py", ["--topic", "é" * 2001], "--topic is longer than 4,000 bytes"),
         ("server_broadcast.py", ["--interval", "-1"], "--interval"),
+        ("server_broadcast.py", ["--interval", "1e10"], "--interval"),
+        ("client_broadcast.py", ["--count", "0"], "--count"),
         ("server_broadcast.py", ["--count", "0"], "--count"),
         ("server_pipeline.py", ["--timeout", "0"], "--timeout"),
         ("server_pipeline.py", ["--tasks", "0"], "--tasks"),
