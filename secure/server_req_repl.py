@@ -74,6 +74,8 @@ def serve(args: argparse.Namespace) -> int:
         responder.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
         responder.setsockopt(zmq.RCVHWM, MAX_QUEUED_REQUESTS)
         responder.setsockopt(zmq.SNDHWM, MAX_QUEUED_REQUESTS)
+        # Waits of 0.1 s at most: a signal that lands just as a wait begins is seen as it ends.
+        responder.setsockopt(zmq.RCVTIMEO, 100)
         set_listen_backlog_and_keepalive(responder)
         try:
             responder.bind(args.bind)
@@ -85,11 +87,11 @@ def serve(args: argparse.Namespace) -> int:
         signal.pthread_sigmask(signal.SIG_SETMASK, [])  # Ctrl-C and SIGTERM stop it from here on.
 
         while True:
-            # Waits of 0.1 s at most: a signal that lands just as a wait begins is seen as it ends.
-            if not responder.poll(100):
+            try:
+                # A Frame (copy=False) says whether more frames follow; none is kept.
+                first = responder.recv(copy=False)
+            except zmq.Again:  # No request for 0.1 s (RCVTIMEO): wait again.
                 continue
-            # A Frame (copy=False) says whether more frames follow; none is kept.
-            first = responder.recv(copy=False)
             if first.more:
                 frames = 2
                 while responder.recv(copy=False).more:
