@@ -92,7 +92,7 @@ class Server:
 
     def __init__(self, requester: zmq.Socket[bytes], monitor: zmq.Socket[bytes], endpoint: str):
         self.requester, self.monitor, self.endpoint = requester, monitor, endpoint
-        self.connected = self.ever_connected = self.lost = self.cut_off = False
+        self.ever_connected = self.lost = self.cut_off = False
 
     def replied_within(self, timeout: float) -> bool:
         """True once a reply is there; False after `timeout` s, or once the connection is lost."""
@@ -111,9 +111,8 @@ class Server:
             event = struct.unpack("=H", first_frame[:2])[0]
             self.cut_off |= bool(event & HANDSHAKE_FAILED)
             if event & CONNECTION_EVENTS:
-                self.connected = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
-                self.ever_connected |= self.connected
-                self.lost |= not self.connected
+                self.ever_connected |= event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+                self.lost |= event == zmq.EVENT_DISCONNECTED
         return self
 
     def why_no_reply(self, timeout: float) -> str:

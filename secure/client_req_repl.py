@@ -106,7 +106,7 @@ class Server:
 
     def __init__(self, requester: zmq.Socket[bytes], monitor: zmq.Socket[bytes], endpoint: str):
         self.requester, self.monitor, self.endpoint = requester, monitor, endpoint
-        self.connected = self.ever_connected = self.lost = self.cut_off = False
+        self.ever_connected = self.lost = self.cut_off = False
         self.our_key = ""
 
     def replied_within(self, timeout: float) -> bool:
@@ -128,9 +128,8 @@ class Server:
                 raise SystemExit(f"The server at {self.endpoint} refused our key {self.our_key}.")
             self.cut_off |= bool(event & HANDSHAKE_FAILED)
             if event & CONNECTION_EVENTS:
-                self.connected = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
-                self.ever_connected |= self.connected
-                self.lost |= not self.connected
+                self.ever_connected |= event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+                self.lost |= event == zmq.EVENT_DISCONNECTED
         return self
 
     def why_no_reply(self, timeout: float) -> str:
